@@ -1,0 +1,1 @@
+"""Pure wire code: no sockets, no gevent. Bytes in, values out."""
