@@ -1,0 +1,265 @@
+"""Configuration: the JSON file, environment variables (GAGENT_…) and the command line, validated.
+
+Precedence: command line > environment > config file > defaults. Every key of PROTOCOL.md §4 can be
+given in all three places; nested `advanced` keys are flat options (`--pool-connection-number-per-subaccount`).
+"""
+import logging
+import os
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence
+
+import configargparse
+import simplejson
+
+log = logging.getLogger("gagent.config")
+
+ENV_PREFIX = "GAGENT_"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or wrong; the message names the key and what is expected."""
+
+
+class PoolEntry(NamedTuple):
+    host: str
+    port: int
+    sub_account: str
+
+
+# key: (default, type name for messages, section) — section "advanced" keys live under "advanced" in JSON.
+TOP_LEVEL_DEFAULTS: Dict[str, Any] = {
+    "agent_listen_ip": "0.0.0.0",
+    "agent_listen_port": 3333,
+    "pools": None,
+    "multi_user_mode": False,
+    "always_keep_downconn": False,
+    "disconnect_when_lost_asicboost": True,
+    "use_ip_as_worker_name": False,
+    "ip_worker_name_format": "{1}x{2}x{3}x{4}",
+    "fixed_worker_name": "",
+    "submit_response_from_server": False,
+    "pool_use_tls": False,
+    "proxy": [],
+}
+ADVANCED_DEFAULTS: Dict[str, Any] = {
+    "pool_connection_number_per_subaccount": 5,
+    "pool_connection_dial_timeout_seconds": 15.0,
+    "pool_connection_read_timeout_seconds": 60.0,
+    "fake_job_notify_interval_seconds": 30.0,
+    "tls_skip_certificate_verify": True,
+    "upstream_flush_delay_ms": 5.0,
+    "miner_backlog_limit_bytes": 1 << 20,
+}
+# Keys accepted (they are part of the BTCAgent configuration) whose behaviour is not built yet.
+NOT_YET_SUPPORTED = ("multi_user_mode", "always_keep_downconn", "pool_use_tls", "proxy")
+# Keys of the original agents that have no meaning here; accepted silently.
+IGNORED_KEYS = ("agent_type", "use_iocp", "use_proxy", "direct_connect_with_proxy",
+                "direct_connect_after_proxy", "http_debug")
+IGNORED_ADVANCED_KEYS = ("message_queue_size",)
+
+
+class Config:
+    """Validated settings. Attribute names are the JSON keys (advanced ones flattened)."""
+
+    agent_listen_ip: str
+    agent_listen_port: int
+    pools: List[PoolEntry]
+    multi_user_mode: bool
+    always_keep_downconn: bool
+    disconnect_when_lost_asicboost: bool
+    use_ip_as_worker_name: bool
+    ip_worker_name_format: str
+    fixed_worker_name: str
+    submit_response_from_server: bool
+    pool_use_tls: bool
+    proxy: List[str]
+    pool_connection_number_per_subaccount: int
+    pool_connection_dial_timeout_seconds: float
+    pool_connection_read_timeout_seconds: float
+    fake_job_notify_interval_seconds: float
+    tls_skip_certificate_verify: bool
+    upstream_flush_delay_ms: float
+    miner_backlog_limit_bytes: int
+    log_dir: Optional[str]
+    log_level: str
+
+    def __init__(self, values: Dict[str, Any]) -> None:
+        self.__dict__.update(values)
+
+    def __repr__(self) -> str:
+        return "Config(%r)" % self.__dict__
+
+
+def _expect_bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.lower() in ("true", "1", "yes")
+    raise ConfigError("%s: expected true or false, got %r" % (key, value))
+
+
+def _expect_number(key: str, value: Any, integer: bool, low: float, high: float) -> Any:
+    if isinstance(value, str):
+        try:
+            value = int(value) if integer else float(value)
+        except ValueError:
+            pass
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type or not low <= value <= high:
+        kind = "an integer" if integer else "a number"
+        raise ConfigError("%s: expected %s from %s to %s, got %r" % (key, kind, low, high, value))
+    return value
+
+
+def _expect_str(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError("%s: expected a string, got %r" % (key, value))
+    return value
+
+
+def _parse_pools(value: Any) -> List[PoolEntry]:
+    expected = 'pools: expected a non-empty list of [host, port, sub-account], e.g. [["btc.pool.example", 1800, "mysub"]]'
+    if isinstance(value, str):
+        try:
+            value = simplejson.loads(value)
+        except ValueError:
+            value = [item.split(":") for item in value.split(",") if item]
+    if not isinstance(value, list) or not value:
+        raise ConfigError(expected + ", got %r" % (value,))
+    pools = []
+    for n, entry in enumerate(value):
+        if not isinstance(entry, (list, tuple)) or len(entry) != 3:
+            raise ConfigError("pools[%d]: expected [host, port, sub-account], got %r" % (n, entry))
+        host, port, sub = entry
+        if not isinstance(host, str) or not host:
+            raise ConfigError("pools[%d]: host must be a non-empty string, got %r" % (n, host))
+        port = _expect_number("pools[%d] port" % n, port, True, 1, 65535)
+        if not isinstance(sub, str):
+            raise ConfigError("pools[%d]: sub-account must be a string, got %r" % (n, sub))
+        pools.append(PoolEntry(host, port, sub))
+    return pools
+
+
+def _parse_proxy(value: Any) -> List[str]:
+    if isinstance(value, str):
+        value = [item for item in value.split(",") if item]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError("proxy: expected a list of proxy URLs (socks5://…, http://…), got %r" % (value,))
+    return value
+
+
+def validate(raw: Dict[str, Any]) -> Config:
+    """Apply defaults and check every key; raises ConfigError naming the first bad key."""
+    values: Dict[str, Any] = {}
+    for key, default in list(TOP_LEVEL_DEFAULTS.items()) + list(ADVANCED_DEFAULTS.items()):
+        values[key] = raw.get(key, default)
+    if values["pools"] is None:
+        raise ConfigError("pools: missing; expected a list of [host, port, sub-account]")
+    values["pools"] = _parse_pools(values["pools"])
+    values["proxy"] = _parse_proxy(values["proxy"])
+    for key in ("agent_listen_ip", "ip_worker_name_format", "fixed_worker_name"):
+        values[key] = _expect_str(key, values[key])
+    for key in ("multi_user_mode", "always_keep_downconn", "disconnect_when_lost_asicboost",
+                "use_ip_as_worker_name", "submit_response_from_server", "pool_use_tls",
+                "tls_skip_certificate_verify"):
+        values[key] = _expect_bool(key, values[key])
+    values["agent_listen_port"] = _expect_number("agent_listen_port", values["agent_listen_port"], True, 0, 65535)
+    values["pool_connection_number_per_subaccount"] = _expect_number(
+        "pool_connection_number_per_subaccount", values["pool_connection_number_per_subaccount"], True, 1, 100)
+    for key, low, high in (("pool_connection_dial_timeout_seconds", 0.1, 3600),
+                           ("pool_connection_read_timeout_seconds", 0.1, 86400),
+                           ("fake_job_notify_interval_seconds", 1, 3600),
+                           ("upstream_flush_delay_ms", 0, 100)):
+        values[key] = float(_expect_number(key, values[key], False, low, high))
+    values["miner_backlog_limit_bytes"] = _expect_number(
+        "miner_backlog_limit_bytes", values["miner_backlog_limit_bytes"], True, 4096, 1 << 30)
+    values["log_dir"] = raw.get("log_dir")
+    values["log_level"] = str(raw.get("log_level", "INFO")).upper()
+    if values["log_level"] not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError("log_level: expected DEBUG, INFO, WARNING or ERROR, got %r" % raw.get("log_level"))
+    for key in NOT_YET_SUPPORTED:
+        if values[key] != TOP_LEVEL_DEFAULTS[key]:
+            log.warning("%s is set but not supported by this version of gagent yet; it has no effect", key)
+    return Config(values)
+
+
+def flatten_file_config(data: Any, source: str) -> Dict[str, Any]:
+    """The JSON document as flat keys; unknown keys are logged as warnings and dropped."""
+    if not isinstance(data, dict):
+        raise ConfigError("%s: expected a JSON object at the top level" % source)
+    flat: Dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "advanced":
+            if not isinstance(value, dict):
+                raise ConfigError("advanced: expected a JSON object, got %r" % (value,))
+            for sub_key, sub_value in value.items():
+                if sub_key in ADVANCED_DEFAULTS:
+                    flat[sub_key] = sub_value
+                elif sub_key not in IGNORED_ADVANCED_KEYS:
+                    log.warning("%s: unknown key advanced.%s ignored", source, sub_key)
+        elif key in TOP_LEVEL_DEFAULTS:
+            flat[key] = value
+        elif key not in IGNORED_KEYS:
+            log.warning("%s: unknown key %s ignored", source, key)
+    return flat
+
+
+def config_from_dict(data: Dict[str, Any]) -> Config:
+    """A Config from a dict shaped like agent_conf.json (used by tests, the demo and the benchmark)."""
+    return validate(flatten_file_config(data, "config"))
+
+
+def _option(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def build_parser() -> configargparse.ArgumentParser:
+    """The command-line parser; each config key is an option and a GAGENT_<KEY> variable."""
+    parser = configargparse.ArgumentParser(
+        prog="gagent", description="Stratum proxy for mining farms (BTCAgent protocol upstream).")
+    parser.add_argument("-c", "--config", env_var=ENV_PREFIX + "CONFIG",
+                        help="JSON config file (agent_conf.json)")
+    parser.add_argument("-l", "--log-dir", env_var=ENV_PREFIX + "LOG_DIR",
+                        help="directory for log files (default: log to stderr)")
+    parser.add_argument("--log-level", env_var=ENV_PREFIX + "LOG_LEVEL", help="DEBUG, INFO (default), WARNING, ERROR")
+    for key in list(TOP_LEVEL_DEFAULTS) + list(ADVANCED_DEFAULTS):
+        default = TOP_LEVEL_DEFAULTS.get(key, ADVANCED_DEFAULTS.get(key))
+        help_text = "default: %s" % simplejson.dumps(default)
+        if key == "pools":
+            help_text = 'JSON list of [host, port, sub-account] or "host:port:sub,host:port:sub"'
+        parser.add_argument(_option(key), dest=key, env_var=ENV_PREFIX + key.upper(),
+                            default=None, help=help_text)
+    return parser
+
+
+def load_config(argv: Optional[Sequence[str]] = None, environ: Optional[Dict[str, str]] = None) -> Config:
+    """Parse the command line and environment, read the config file, validate."""
+    parser = build_parser()
+    args = parser.parse_args(args=argv, env_vars=os.environ if environ is None else environ)
+    raw: Dict[str, Any] = {}
+    if args.config:
+        raw.update(read_config_file(args.config))
+    for key in list(TOP_LEVEL_DEFAULTS) + list(ADVANCED_DEFAULTS):
+        value = getattr(args, key)
+        if value is not None:
+            raw[key] = value
+    if args.log_dir is not None:
+        raw["log_dir"] = args.log_dir
+    if args.log_level is not None:
+        raw["log_level"] = args.log_level
+    return validate(raw)
+
+
+def read_config_file(path: str) -> Dict[str, Any]:
+    """Read and flatten a JSON config file, with errors that say what to fix."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = simplejson.load(handle)
+    except FileNotFoundError:
+        raise ConfigError("config file %s not found; pass -c with the path of agent_conf.json" % path)
+    except OSError as exc:
+        raise ConfigError("config file %s cannot be read: %s" % (path, exc.strerror))
+    except ValueError as exc:
+        raise ConfigError("config file %s is not valid JSON: %s" % (path, exc))
+    return flatten_file_config(data, path)
+
+

@@ -1,0 +1,95 @@
+"""Configuration: file, environment and command line, and the refusals a person reads."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from gagent.config import ConfigError, config_from_dict, load_config
+
+
+def write_conf(tmp_path, data):
+    path = tmp_path / "agent_conf.json"
+    path.write_text(json.dumps(data) if not isinstance(data, str) else data)
+    return str(path)
+
+
+def run_gagent(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "gagent", *args], capture_output=True, text=True,
+                          timeout=30, env=env)
+
+
+def test_example_config_loads_with_seed_defaults():
+    config = load_config(["-c", "etc/agent_conf.json"], environ={})
+    assert (config.agent_listen_ip, config.agent_listen_port) == ("0.0.0.0", 3333)
+    assert config.pools and all(pool.port == 1800 for pool in config.pools)
+    assert config.pool_connection_number_per_subaccount == 5
+    assert config.pool_connection_read_timeout_seconds == 60
+
+
+def test_command_line_beats_environment_beats_file(tmp_path):
+    path = write_conf(tmp_path, {"pools": [["pool.example", 1800, "sub"]], "agent_listen_port": 4000,
+                                 "fixed_worker_name": "file", "advanced": {"pool_connection_number_per_subaccount": 2}})
+    env = {"GAGENT_AGENT_LISTEN_PORT": "4001", "GAGENT_FIXED_WORKER_NAME": "env",
+           "GAGENT_POOL_CONNECTION_NUMBER_PER_SUBACCOUNT": "3"}
+    config = load_config(["-c", path, "--agent-listen-port", "4002"], environ=env)
+    assert config.agent_listen_port == 4002
+    assert config.fixed_worker_name == "env"
+    assert config.pool_connection_number_per_subaccount == 3
+    config = load_config(["-c", path], environ={})
+    assert (config.agent_listen_port, config.fixed_worker_name) == (4000, "file")
+
+
+def test_pools_from_command_line_and_environment():
+    config = load_config(["--pools", "a.example:1800:s1,b.example:443:s2"], environ={})
+    assert [tuple(p) for p in config.pools] == [("a.example", 1800, "s1"), ("b.example", 443, "s2")]
+    config = load_config([], environ={"GAGENT_POOLS": '[["c.example", 3333, "s3"]]'})
+    assert [tuple(p) for p in config.pools] == [("c.example", 3333, "s3")]
+
+
+@pytest.mark.parametrize("data, key", [
+    ({}, "pools"),
+    ({"pools": []}, "pools"),
+    ({"pools": [["h", 1800]]}, "pools[0]"),
+    ({"pools": [["h", 70000, "s"]]}, "pools[0] port"),
+    ({"pools": [["h", 1, "s"]], "agent_listen_port": "http"}, "agent_listen_port"),
+    ({"pools": [["h", 1, "s"]], "use_ip_as_worker_name": "maybe"}, "use_ip_as_worker_name"),
+    ({"pools": [["h", 1, "s"]], "advanced": {"pool_connection_number_per_subaccount": 0}},
+     "pool_connection_number_per_subaccount"),
+])
+def test_bad_values_are_refused_naming_the_key(data, key):
+    with pytest.raises(ConfigError, match=r"^%s" % key.replace("[", r"\[").replace("]", r"\]")):
+        config_from_dict(data)
+
+
+def test_unknown_keys_warn(caplog):
+    config_from_dict({"pools": [["h", 1, "s"]], "pool_colour": "red", "advanced": {"turbo": 1}})
+    assert "unknown key pool_colour" in caplog.text and "unknown key advanced.turbo" in caplog.text
+
+
+@pytest.mark.timeout(60)
+def test_cli_refuses_bad_config_with_exit_code_2_and_one_line(tmp_path):
+    result = run_gagent("-c", write_conf(tmp_path, {"pools": [["h", "port", "s"]]}))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "gagent: configuration error: pools[0] port: expected an integer from 1 to 65535, got 'port'"]
+    result = run_gagent("-c", write_conf(tmp_path, "{not json"))
+    assert result.returncode == 2 and "is not valid JSON" in result.stderr
+    result = run_gagent("-c", str(tmp_path / "missing.json"))
+    assert result.returncode == 2 and "not found" in result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_cli_says_when_the_port_is_in_use(tmp_path):
+    import socket
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        path = write_conf(tmp_path, {"agent_listen_ip": "127.0.0.1", "agent_listen_port": taken.getsockname()[1],
+                                     "pools": [["127.0.0.1", 9, "s"]]})
+        result = run_gagent("-c", path)
+    finally:
+        taken.close()
+    assert result.returncode == 1
+    assert "the port is in use" in result.stderr
