@@ -1,19 +1,22 @@
 """One miner connection (downstream session): stratum v1 in, calls into its upstream session out.
 
-One greenlet per miner reads and handles lines; everything sent to the miner goes through `send()`,
+One greenlet per miner reads and handles lines on a plain non-blocking socket; everything sent to
+the miner goes through `send()`,
 which never blocks: what the socket does not take at once waits in a bounded backlog that a libev
 write watcher drains from the hub. So a miner that stops reading cannot delay anyone else.
 """
 import logging
+import sys
 from typing import TYPE_CHECKING, Any, Optional
 
 from gevent import get_hub
+from greenlet import getcurrent, greenlet
 
 from .protocol import stratum
 from .protocol.stratum import (CLIENT_RECONNECT_LINE, ILLEGAL_PARAMS, JOB_NOT_FOUND_OR_STALE,
                                NOT_SUBSCRIBED, UNAUTHORIZED, DUPLICATE_SUBSCRIBED,
                                WORKER_NAME_MUST_BE_STRING, error_line, parse_extranonce2,
-                               parse_hex32, result_line)
+                               parse_hex32, result_line, true_line)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .server import Agent
@@ -27,18 +30,12 @@ ASICBOOST_LOSS_THRESHOLD = 100
 EXTRANONCE2_SIZE = 4
 
 
-def _true_line(msg_id: Any) -> bytes:
-    if type(msg_id) is int:
-        return b'{"id":%d,"result":true,"error":null}\n' % msg_id
-    return result_line(msg_id, True)
-
-
 class MinerSession:
     """State of one miner: subscribe → authorize → attached to an upstream session → submits."""
 
-    __slots__ = ("agent", "sock", "peer_ip", "session_id", "user_agent", "subscribed", "login",
+    __slots__ = ("agent", "sock", "peer_ip", "session_id", "user_agent", "subscribed",
                  "worker_name", "upstream", "version_rolling", "asicboost_shares", "_backlog",
-                 "_write_watcher", "closed")
+                 "_read_watcher", "_write_watcher", "_greenlet", "closed")
 
     def __init__(self, agent: "Agent", sock: Any, peer_ip: str, session_id: int) -> None:
         self.agent = agent
@@ -47,24 +44,40 @@ class MinerSession:
         self.session_id = session_id
         self.user_agent = ""
         self.subscribed = False
-        self.login: Optional[str] = None
         self.worker_name = ""
         self.upstream: Optional["UpstreamSession"] = None
         self.version_rolling = False
         self.asicboost_shares = 0
         self._backlog: Optional[bytes] = None
+        self._read_watcher: Any = None
         self._write_watcher: Any = None
+        self._greenlet: Any = None
         self.closed = False
 
     # ---- reading -------------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Read and handle lines until the miner leaves or breaks the protocol."""
-        sock = self.sock
+        """Read and handle lines until the miner leaves or breaks the protocol.
+
+        The greenlet parks on the hub with one read watcher whose callback switches straight back
+        to it: a shallow stack is what a parked miner costs, so this is kept flat on purpose.
+        """
+        hub = get_hub()
+        park = greenlet.switch.__get__(hub)  # the C switch itself: no wrapper frame under a parked miner
+        me = self._greenlet = getcurrent()
+        watcher = self._read_watcher = hub.loop.io(self.sock.fileno(), 1)
+        watcher.start(me.switch)
+        recv = self.sock.recv
         pending = b""
         try:
-            while not self.closed:
-                data = sock.recv(RECV_SIZE)
+            while True:
+                park()
+                if self.closed:
+                    return
+                try:
+                    data = recv(RECV_SIZE)
+                except BlockingIOError:
+                    continue
                 if not data:
                     return
                 if pending:
@@ -86,6 +99,7 @@ class MinerSession:
         except OSError:
             pass
         finally:
+            self._greenlet = None
             self.close()
 
     def handle_line(self, line: bytes) -> None:
@@ -127,7 +141,7 @@ class MinerSession:
             return
         self.subscribed = True
         if params and isinstance(params[0], str):
-            self.user_agent = params[0][:64]
+            self.user_agent = sys.intern(params[0][:64])  # one copy per firmware, not per miner
         sid = "%08x" % self.session_id
         self.send(result_line(msg_id, [[["mining.set_difficulty", sid], ["mining.notify", sid]],
                                        sid, EXTRANONCE2_SIZE]))
@@ -139,10 +153,9 @@ class MinerSession:
         if not params or not isinstance(params[0], str):
             self.send(error_line(msg_id, WORKER_NAME_MUST_BE_STRING))
             return
-        if self.login is not None:
-            self.send(_true_line(msg_id))  # already attached; a repeated authorize changes nothing
+        if self.worker_name:
+            self.send(true_line(msg_id))  # already authorized; a repeated authorize changes nothing
             return
-        self.login = params[0]
         self.worker_name = self.agent.worker_name_for(params[0], self.peer_ip)
         upstream = self.agent.choose_upstream(self)
         if upstream is None:
@@ -151,7 +164,7 @@ class MinerSession:
             self.send(error_line(msg_id, stratum.INTERNAL_ERROR, "No pool connection ready"))
             self.close()
             return
-        self.send(_true_line(msg_id))
+        self.send(true_line(msg_id))
         upstream.attach(self)
 
     def on_configure(self, msg_id: Any, params: list) -> None:
@@ -190,8 +203,6 @@ class MinerSession:
         error = upstream.submit(self, msg_id, int(job), extra_nonce2, ntime, nonce, version_mask or None)
         if error:
             self.send(error_line(msg_id, error))
-        elif not upstream.answers_shares:
-            self.send(_true_line(msg_id))
         if len(params) > 5:
             self.asicboost_shares += 1
         elif self.asicboost_shares > ASICBOOST_LOSS_THRESHOLD and self.agent.config.disconnect_when_lost_asicboost:
@@ -214,7 +225,7 @@ class MinerSession:
                 self.close()
             return
         try:
-            sent = self.sock._sock.send(data)
+            sent = self.sock.send(data)
         except BlockingIOError:
             sent = 0
         except OSError:
@@ -231,7 +242,7 @@ class MinerSession:
         if self.closed or backlog is None:
             return
         try:
-            sent = self.sock._sock.send(backlog)
+            sent = self.sock.send(backlog)
         except BlockingIOError:
             return
         except OSError:
@@ -259,6 +270,12 @@ class MinerSession:
         self.closed = True
         self._stop_write_watcher()
         self._backlog = None
+        if self._read_watcher is not None:
+            self._read_watcher.stop()
+            self._read_watcher.close()
+            self._read_watcher = None
+        if self._greenlet is not None and self._greenlet is not getcurrent():
+            get_hub().loop.run_callback(self._greenlet.switch)  # wake it so it can end
         if self.upstream is not None:
             self.upstream.detach(self)
         self.agent.forget(self)

@@ -1,4 +1,5 @@
 """The agent: a StreamServer for miners, the upstream connection slots, placement and shutdown."""
+import _socket
 import logging
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -17,6 +18,23 @@ from .workers import worker_name
 log = logging.getLogger("gagent.server")
 
 
+class MinerListener(StreamServer):
+    """StreamServer that hands each handler a plain non-blocking socket.
+
+    A gevent socket object carries two libev watchers and a wrapper; a miner session needs one
+    watcher it owns itself, so the wrapper would be memory spent 10,000 times for nothing.
+    """
+
+    def do_read(self) -> Any:
+        try:
+            fd, address = self.socket._accept()
+        except BlockingIOError:
+            return None
+        sock = _socket.socket(self.socket.family, self.socket.type, self.socket.proto, fd)
+        sock.setblocking(False)
+        return sock, address
+
+
 class Agent:
     """Accepts miners, places each on the least-loaded ready upstream session, stops gracefully."""
 
@@ -28,7 +46,7 @@ class Agent:
             UpstreamSession(config, config.pools, slot, on_ready=self._upstream_ready)
             for slot in range(config.pool_connection_number_per_subaccount)]
         self._ready = Event()
-        self._server: Optional[StreamServer] = None
+        self._server: Optional[MinerListener] = None
         self._hub = get_hub()
 
     @property
@@ -46,7 +64,7 @@ class Agent:
 
     def start(self) -> None:
         """Bind the miner port (raises OSError if taken) and start connecting to the pools."""
-        self._server = StreamServer((self.config.agent_listen_ip, self.config.agent_listen_port),
+        self._server = MinerListener((self.config.agent_listen_ip, self.config.agent_listen_port),
                                     handle=self._handle_miner, spawn=self._spawn_miner_greenlet)
         self._server.start()
         for upstream in self.upstreams:
@@ -71,9 +89,13 @@ class Agent:
 
     # ---- miners --------------------------------------------------------------------------------
 
-    def _spawn_miner_greenlet(self, func: Any, *args: Any) -> None:
-        """StreamServer's spawn: one bare greenlet per miner (lighter than a gevent.Greenlet)."""
-        self._hub.loop.run_callback(greenlet(func, parent=self._hub).switch, *args)
+    def _spawn_miner_greenlet(self, _wrapper: Any, _handle: Any, _close: Any, args: Any) -> None:
+        """StreamServer's spawn: one bare greenlet per miner, running `_handle_miner` directly.
+
+        StreamServer would run the handler through a `handle(*args)` wrapper; skipping it keeps one
+        interpreter frame off the C stack every parked miner saves. `_handle_miner` closes the socket.
+        """
+        self._hub.loop.run_callback(greenlet(self._handle_miner, parent=self._hub).switch, *args)
 
     def _handle_miner(self, client_socket: Any, address: Any) -> None:
         session_id = self.session_ids.allocate()

@@ -5,8 +5,8 @@ each turned into bytes for the attached miners in the order the pool sent them. 
 drains the session's queue (REGISTER/UNREGISTER/SUBMIT frames from miner greenlets) and sends
 whatever accumulated within `upstream_flush_delay_ms` in one `sendall`.
 
-The interface miners use — attach, detach, submit, send_version_mask, answers_shares, ready,
-miner_count — is all another kind of upstream (a plain stratum pool, a fake-job session) must offer.
+The interface miners use — attach, detach, submit, send_version_mask, ready, miner_count —
+is all another kind of upstream (a plain stratum pool, a fake-job session) must offer.
 """
 import logging
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
@@ -22,6 +22,7 @@ from .protocol.exmessage import (CMD_MINING_SET_DIFF, CMD_SUBMIT_RESPONSE, Frame
                                  StreamSplitter, decode_mining_set_diff, decode_submit_response,
                                  encode_register_worker, encode_submit_share, encode_unregister_worker)
 from .protocol.jobs import JobError, agent_notify
+from .protocol.stratum import true_line
 
 if TYPE_CHECKING:  # pragma: no cover
     from .miner import MinerSession
@@ -111,8 +112,10 @@ class UpstreamSession:
             index = self._submit_index
             self._pending[index] = (miner, msg_id)
             self._submit_index = (index + 1) & 0xFFFF
+            self._queue.put(frame)
+        else:
+            self._queue.put((frame, miner, msg_id))  # answered by the writer once written
         self.stats["shares"] += 1
-        self._queue.put(frame)
         return 0
 
     def send_version_mask(self, miner: "MinerSession") -> None:
@@ -148,6 +151,8 @@ class UpstreamSession:
                 except (OSError, ProtocolError) as exc:
                     log.warning("slot %d: pool %s:%d: %s", self.slot, pool.host, pool.port,
                                 _describe_error(exc))
+                except Exception:  # a bug must cost one connection, never the slot
+                    log.exception("slot %d: unexpected error with pool %s:%d", self.slot, pool.host, pool.port)
                 finally:
                     self._close_connection("connection to %s:%d lost" % (pool.host, pool.port))
             if not self._stopping:
@@ -202,7 +207,8 @@ class UpstreamSession:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
-        self._queue = Queue()
+        unsent, self._queue = self._queue, Queue()
+        _refuse_shares(unsent.queue)
         self.difficulty = None
         self.version_mask = None
         self.answers_shares = False
@@ -225,24 +231,35 @@ class UpstreamSession:
     # ---- writing -------------------------------------------------------------------------------
 
     def _write_loop(self, sock: Any) -> None:
-        """Send queued frames; frames arriving within the flush delay leave in one write."""
+        """Send queued frames; frames arriving within the flush delay leave in one write.
+
+        Queue items are control frames (bytes) or shares as (frame, miner, msg_id); a share is
+        answered `true` only once written, and with an error if it never can be.
+        """
         queue = self._queue
         delay = self.config.upstream_flush_delay_ms / 1000.0
         stats = self.stats
+        items: List[Any] = []
         try:
             while True:
-                chunks = [queue.get()]
+                items = [queue.get()]
                 if delay:
                     gevent.sleep(delay)
                 while queue.qsize():
-                    chunks.append(queue.get_nowait())
-                data = b"".join(chunks)
+                    items.append(queue.get_nowait())
+                data = b"".join([item if type(item) is bytes else item[0] for item in items])
                 sock.sendall(data)
                 stats["bytes_sent"] += len(data)
                 stats["writes"] += 1
+                for item in items:
+                    if type(item) is tuple:
+                        item[1].send(true_line(item[2]))
+                items = []
         except OSError as exc:
             log.warning("slot %d: write to pool failed: %s", self.slot, exc)
             sock.close()  # the reader sees it and reconnects
+        finally:
+            _refuse_shares(items)
 
     # ---- reading -------------------------------------------------------------------------------
 
@@ -359,6 +376,13 @@ class UpstreamSession:
             else:
                 miner.send(stratum.error_line(msg_id, status))
         # other commands are not for agents; ignore them as the pool does
+
+
+def _refuse_shares(items: Any) -> None:
+    """Answer every unwritten share in `items` with an error: it never reached the pool."""
+    for item in items:
+        if type(item) is tuple:
+            item[1].send(stratum.error_line(item[2], INTERNAL_ERROR, "Pool connection lost, share not sent"))
 
 
 def _describe_error(exc: Exception) -> str:

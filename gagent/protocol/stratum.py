@@ -50,6 +50,13 @@ def result_line(msg_id: Any, result: Any) -> bytes:
     return (_dumps({"id": msg_id, "result": result, "error": None}) + "\n").encode()
 
 
+def true_line(msg_id: Any) -> bytes:
+    """The accepted-share answer; integer ids (the common case) skip the JSON encoder."""
+    if type(msg_id) is int:
+        return b'{"id":%d,"result":true,"error":null}\n' % msg_id
+    return result_line(msg_id, True)
+
+
 def error_line(msg_id: Any, code: int, message: Optional[str] = None) -> bytes:
     """`{"id":…,"result":null,"error":[code,"message",null]}` plus newline."""
     return (_dumps({"id": msg_id, "result": None,
