@@ -1,0 +1,674 @@
+"""An in-process btcpool-compatible pool simulator (sserver's agent-facing side), built on gevent.
+
+Follows PROTOCOL-SOURCES.md §2.2–§2.4 (handshake), §3 (ex-messages), §4 (share validation order),
+§5 (per-miner difficulty recorded per local job) and §6 (submit responses). One greenlet per agent
+connection; shares are hashed synchronously. Nothing here monkey-patches.
+
+    python -m gagent.sim.pool --host 127.0.0.1 --port 3334 --difficulty 0.0001 --job-interval 30
+"""
+import argparse
+import collections
+import logging
+import os
+import random
+import struct
+import time
+from typing import (Any, Callable, Collection, Counter, Dict, Iterable, List, Mapping, NamedTuple,
+                    Optional, Sequence, Set, Tuple)
+
+import gevent
+import simplejson
+import gevent.lock
+from gevent.server import StreamServer
+
+from ..protocol import exmessage as ex
+from ..protocol import hashing
+from ..protocol import stratum
+
+log = logging.getLogger("gagent.sim.pool")
+
+AGENT_USER_AGENT_PREFIX = "btccom-agent/"
+DEFAULT_VERSION_MASK = 0x1FFFE000
+DEFAULT_WORKER = "__default__"
+MAX_LOCAL_JOBS = 256
+LOCAL_JOBS_AFTER_CLEAN = 4
+TIME_TOO_NEW_SECONDS = 600
+MIN_TIME_BEFORE_NTIME = 3600  # the job's minTime (GBT mintime, about median-time-past + 1)
+UNKNOWN = 2147483647
+STALE_SHARE = 37
+TIME_TOO_OLD = 31
+TIME_TOO_NEW = 32
+ILLEGAL_VERMASK = 33
+JOB_NOT_FOUND = 36
+RESPONSE_BATCH = 4
+RESPONSE_DELAY = 0.005
+
+CONNECTED, SUBSCRIBED, AUTHORIZED = "connected", "subscribed", "authorized"
+
+ShareCallback = Callable[["PoolConnection", ex.SubmitShare, int, float], None]
+NotifyCallback = Callable[["PoolConnection", int, float], None]
+
+
+class Job:
+    """One pool job (what `mining.notify` carries, minus the short id and clean flag)."""
+
+    __slots__ = ("job_id", "height", "prevhash", "coinb1", "coinb2", "branches", "version", "nbits",
+                 "ntime", "min_time")
+
+    def __init__(self, job_id: int, height: int, prevhash: str, coinb1: str, coinb2: str,
+                 branches: List[str], version: int, nbits: int, ntime: int) -> None:
+        self.job_id = job_id
+        self.height = height
+        self.prevhash = prevhash
+        self.coinb1 = coinb1
+        self.coinb2 = coinb2
+        self.branches = branches
+        self.version = version
+        self.nbits = nbits
+        self.ntime = ntime
+        self.min_time = ntime - MIN_TIME_BEFORE_NTIME
+
+    def notify_line(self, short_id: int, clean: bool) -> bytes:
+        """The notify exactly as sserver writes it for an agent session."""
+        return stratum.notification_line("mining.notify", [
+            str(short_id), self.prevhash, self.coinb1, self.coinb2, self.branches,
+            "%08x" % self.version, "%08x" % self.nbits, "%08x" % self.ntime, clean])
+
+
+class LocalJob:
+    """A job as sent on one connection: its short id, each miner's difficulty then, and dedup keys."""
+
+    __slots__ = ("short_id", "job", "diffs", "shares")
+
+    def __init__(self, short_id: int, job: Job, diffs: Dict[int, float]) -> None:
+        self.short_id = short_id
+        self.job = job
+        self.diffs = diffs
+        self.shares: Set[Tuple[int, int, int, int]] = set()
+
+
+class WorkerStats:
+    """Share counts of one (sub-account, worker)."""
+
+    __slots__ = ("accepted", "rejected", "statuses")
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.rejected = 0
+        self.statuses: Counter[int] = collections.Counter()
+
+    def __repr__(self) -> str:
+        return "WorkerStats(accepted=%d, rejected=%d)" % (self.accepted, self.rejected)
+
+
+class Event(NamedTuple):
+    """A REGISTER_WORKER / UNREGISTER_WORKER the pool acted on."""
+    time: float
+    kind: str  # "register" or "unregister"
+    extranonce1: str
+    session_id: int
+    client_agent: str
+    worker_name: str
+
+
+class PoolConnection:
+    """The pool side of one agent TCP connection."""
+
+    __slots__ = ("pool", "sock", "peer", "en1", "extranonce1", "state", "user_agent", "is_agent",
+                 "sub_account", "subres", "version_mask", "workers", "diffs", "local_jobs",
+                 "next_short_id", "submit_index", "shares_received", "closed", "_write_lock",
+                 "_pending", "_flusher")
+
+    def __init__(self, pool: "PoolSimulator", sock: Any, peer: Any, en1: int) -> None:
+        self.pool = pool
+        self.sock = sock
+        self.peer = peer
+        self.en1 = en1
+        self.extranonce1 = "%08x" % en1
+        self.state = CONNECTED
+        self.user_agent = ""
+        self.is_agent = False
+        self.sub_account: Optional[str] = None
+        self.subres = False
+        self.version_mask = 0
+        self.workers: Dict[int, Tuple[str, str]] = {}  # sid -> (client agent, worker name)
+        self.diffs: Dict[int, float] = {}  # sid -> difficulty for jobs sent from now on
+        self.local_jobs: List[LocalJob] = []  # oldest first
+        self.next_short_id = 0
+        self.submit_index = 0
+        self.shares_received = 0
+        self.closed = False
+        self._write_lock = gevent.lock.Semaphore()
+        self._pending: List[bytes] = []
+        self._flusher: Optional[gevent.Greenlet] = None
+
+    def __repr__(self) -> str:
+        return "<PoolConnection %s %s %s>" % (self.extranonce1, self.sub_account, self.state)
+
+    def send(self, data: bytes) -> bool:
+        """Write bytes in order with other writers; on failure close the connection."""
+        if self.closed:
+            return False
+        try:
+            with self._write_lock:
+                self.sock.sendall(data)
+            return True
+        except OSError as exc:
+            log.info("%s: write failed: %s", self.extranonce1, exc)
+            self.close()
+            return False
+
+    def close(self) -> None:
+        """Drop the connection (the reader greenlet then ends)."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._flusher is not None:
+            self._flusher.kill(block=False)
+        for step in (lambda: self.sock.shutdown(2), self.sock.close):
+            try:
+                step()
+            except OSError:
+                pass
+
+    def find_local_job(self, short_id: int) -> Optional[LocalJob]:
+        """The newest local job sent under `short_id`."""
+        for local in reversed(self.local_jobs):
+            if local.short_id == short_id:
+                return local
+        return None
+
+    def queue_response(self, data: bytes) -> None:
+        """Hold a SUBMIT_RESPONSE and send it later in a shuffled batch (responses out of order)."""
+        self._pending.append(data)
+        if len(self._pending) >= RESPONSE_BATCH:
+            self.flush_responses()
+        elif self._flusher is None:
+            self._flusher = gevent.spawn_later(RESPONSE_DELAY, self.flush_responses)
+
+    def flush_responses(self) -> None:
+        """Send every held response, shuffled."""
+        pending, self._pending = self._pending, []
+        flusher, self._flusher = self._flusher, None
+        if flusher is not None and flusher is not gevent.getcurrent():
+            flusher.kill(block=False)
+        random.shuffle(pending)
+        if pending:
+            self.send(b"".join(pending))
+
+
+def _varint(n: int) -> bytes:
+    if n < 0xFD:
+        return bytes((n,))
+    return b"\xfd" + struct.pack("<H", n)
+
+
+def _json_id(value: Any) -> Any:
+    """sserver echoes integer and string ids; anything else becomes null."""
+    if isinstance(value, (int, str)) and not isinstance(value, bool):
+        return value
+    return None
+
+
+class PoolSimulator:
+    """A btcpool sserver look-alike for BTCAgent connections; see the module docstring.
+
+    `stats` maps (sub_account, worker) to WorkerStats; `statuses` counts every verdict.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, default_difficulty: float = 16384,
+                 server_id: int = 1, extranonce2_size: int = 8,
+                 version_mask: int = DEFAULT_VERSION_MASK,
+                 sub_accounts: Optional[Collection[str]] = None, job_interval: Optional[float] = None,
+                 shuffle_responses: bool = False, on_share: Optional[ShareCallback] = None,
+                 on_notify: Optional[NotifyCallback] = None) -> None:
+        if not default_difficulty > 0:
+            raise ValueError("default_difficulty must be positive")
+        self.host = host
+        self.port = port
+        self.default_difficulty = default_difficulty
+        self.server_id = server_id & 0xFF
+        self.extranonce2_size = extranonce2_size
+        self.version_mask = version_mask
+        self.sub_accounts = set(sub_accounts) if sub_accounts is not None else None
+        self.job_interval = job_interval
+        self.shuffle_responses = shuffle_responses
+        self.on_share = on_share
+        self.on_notify = on_notify
+        self.connections: List[PoolConnection] = []
+        self.connections_total = 0
+        self.stats: Dict[Tuple[str, str], WorkerStats] = {}
+        self.statuses: Counter[int] = collections.Counter()
+        self.events: List[Event] = []
+        self.bytes_received = 0
+        self.reads = 0
+        self.shares_received = 0
+        self.jobs_created = 0
+        self.job: Optional[Job] = None
+        self.height = 800000
+        self._prevhash = ""
+        self._en1_counter = 0
+        self._server: Optional[StreamServer] = None
+        self._ticker: Optional[gevent.Greenlet] = None
+
+    # ---- life cycle ---------------------------------------------------------------------------
+
+    def start(self) -> "PoolSimulator":
+        """Listen, make the first job, and start the optional re-send timer."""
+        self._server = StreamServer((self.host, self.port), self._handle)
+        self._server.start()
+        self.new_job(clean=True)
+        if self.job_interval:
+            self._ticker = gevent.spawn(self._resend_loop, self.job_interval)
+        log.info("pool simulator listening on %s:%d", *self.address[:2])
+        return self
+
+    @property
+    def address(self) -> Tuple[str, int]:
+        """(host, port) actually bound."""
+        if self._server is None:
+            raise RuntimeError("pool simulator not started")
+        return self._server.address[:2]
+
+    def stop(self) -> None:
+        """Stop listening and drop every connection and greenlet."""
+        if self._ticker is not None:
+            self._ticker.kill()
+            self._ticker = None
+        if self._server is not None:
+            self._server.close()
+        self.close_all()
+        if self._server is not None:
+            self._server.stop(timeout=1)
+            self._server = None
+
+    def close_all(self) -> None:
+        """Drop every agent connection (a pool failure, as the agent sees it)."""
+        for conn in list(self.connections):
+            conn.close()
+
+    def wait_for(self, predicate: Callable[[], Any], timeout: float = 5.0, step: float = 0.01) -> bool:
+        """Poll `predicate` cooperatively; True when it became true within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                return False
+            gevent.sleep(step)
+        return True
+
+    @property
+    def authorized(self) -> List[PoolConnection]:
+        """Open connections that completed mining.authorize."""
+        return [c for c in self.connections if c.state == AUTHORIZED and not c.closed]
+
+    # ---- jobs and difficulty ------------------------------------------------------------------
+
+    def new_job(self, clean: bool = False, branches: int = 2, coinbase_extra: bytes = b"",
+                set_diff: Optional[Mapping[PoolConnection, Tuple[int, Iterable[int]]]] = None) -> Job:
+        """Make a fresh job and notify every authorized agent connection.
+
+        `clean` starts a new block height (new prevhash; older jobs become stale). `set_diff` maps a
+        connection to (exp, session ids): those miners get difficulty 2^exp, sent as MINING_SET_DIFF
+        immediately before this notify on that connection, as btcpool does.
+        """
+        if clean or not self._prevhash:
+            self.height += 1
+            self._prevhash = os.urandom(32).hex()
+        self.jobs_created += 1
+        coinb1, coinb2 = self._coinbase_parts(coinbase_extra)
+        job = Job(self.jobs_created, self.height, self._prevhash, coinb1, coinb2,
+                  [os.urandom(32).hex() for _ in range(branches)], 0x20000000, 0x1D00FFFF,
+                  int(time.time()))
+        self.job = job
+        set_diff = set_diff or {}
+        for conn in self.authorized:
+            prefix = b""
+            if conn in set_diff:
+                exp, sids = set_diff[conn]
+                prefix = self._record_diff(conn, exp, sids)
+            self._send_job(conn, job, clean, prefix)
+        return job
+
+    def set_worker_difficulty(self, conn_or_all: Optional[PoolConnection], session_ids: Optional[Iterable[int]],
+                              exp: int) -> None:
+        """Set 2^exp for those miners (None: all registered) on one connection (None: all) and send
+        MINING_SET_DIFF now; it applies to jobs sent afterwards."""
+        conns = [conn_or_all] if conn_or_all is not None else self.authorized
+        for conn in conns:
+            frames = self._record_diff(conn, exp, session_ids)
+            if frames:
+                conn.send(frames)
+
+    def _record_diff(self, conn: PoolConnection, exp: int, session_ids: Optional[Iterable[int]]) -> bytes:
+        sids = sorted(conn.workers) if session_ids is None else list(session_ids)
+        for sid in sids:
+            if sid in conn.workers:
+                conn.diffs[sid] = float(2 ** exp)
+        return ex.encode_mining_set_diff(exp, sids) if sids else b""
+
+    def _coinbase_parts(self, extra: bytes) -> Tuple[str, str]:
+        """coinb1/coinb2 of a real-looking coinbase whose scriptSig holds 4+8 extranonce bytes."""
+        head = b"\x03" + struct.pack("<I", self.height)[:3] + b"\x04" + struct.pack("<I", int(time.time()))
+        tail = extra + b"\x0a/gagent-sim/"
+        script_len = len(head) + 4 + self.extranonce2_size + len(tail)
+        coinb1 = (struct.pack("<I", 1) + b"\x01" + b"\0" * 32 + b"\xff\xff\xff\xff"
+                  + _varint(script_len) + head)
+        coinb2 = (tail + b"\xff\xff\xff\xff" + b"\x01" + struct.pack("<Q", 625000000)
+                  + b"\x19\x76\xa9\x14" + os.urandom(20) + b"\x88\xac" + b"\0\0\0\0")
+        return coinb1.hex(), coinb2.hex()
+
+    def _send_job(self, conn: PoolConnection, job: Job, clean: bool, prefix: bytes = b"") -> None:
+        """Record a local job on `conn` (with each miner's current difficulty) and send its notify."""
+        short_id = conn.next_short_id
+        conn.next_short_id = (short_id + 1) & 0xFF
+        conn.local_jobs.append(LocalJob(short_id, job, dict(conn.diffs)))
+        keep = LOCAL_JOBS_AFTER_CLEAN if clean else MAX_LOCAL_JOBS
+        del conn.local_jobs[:-keep]
+        if conn.send(prefix + job.notify_line(short_id, clean)) and self.on_notify is not None:
+            self.on_notify(conn, short_id, time.time())
+
+    def _resend_loop(self, interval: float) -> None:
+        while True:
+            gevent.sleep(interval)
+            if self.job is not None:
+                for conn in self.authorized:
+                    self._send_job(conn, self.job, False)
+
+    # ---- raw injection ------------------------------------------------------------------------
+
+    def send_raw(self, conn: PoolConnection, data: bytes) -> bool:
+        """Write arbitrary bytes on one connection."""
+        return conn.send(data)
+
+    def send_raw_all(self, data: bytes) -> None:
+        """Write arbitrary bytes on every open connection."""
+        for conn in list(self.connections):
+            conn.send(data)
+
+    # ---- per connection -----------------------------------------------------------------------
+
+    def _handle(self, sock: Any, peer: Any) -> None:
+        en1 = (self.server_id << 24) | self._en1_counter
+        self._en1_counter = (self._en1_counter + 1) & 0xFFFFFF
+        conn = PoolConnection(self, sock, peer, en1)
+        self.connections.append(conn)
+        self.connections_total += 1
+        splitter = ex.StreamSplitter(max_line=1 << 20)
+        log.debug("%s: connection from %s", conn.extranonce1, peer)
+        try:
+            while not conn.closed:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                received = time.time()
+                self.bytes_received += len(data)
+                self.reads += 1
+                for item in splitter.feed(data):
+                    if conn.closed:
+                        break
+                    if isinstance(item, ex.Frame):
+                        self._on_frame(conn, item, received)
+                    else:
+                        self._on_line(conn, item)
+        except ex.ProtocolError as exc:
+            log.warning("%s: protocol error, closing: %s", conn.extranonce1, exc)
+        except OSError as exc:
+            if not conn.closed:
+                log.info("%s: connection error: %s", conn.extranonce1, exc)
+        except Exception:  # bad input must never take the simulator down
+            log.exception("%s: unexpected error, closing", conn.extranonce1)
+        finally:
+            conn.close()
+            if conn in self.connections:
+                self.connections.remove(conn)
+            log.debug("%s: closed (%d miners)", conn.extranonce1, len(conn.workers))
+
+    def _on_line(self, conn: PoolConnection, line: bytes) -> None:
+        try:
+            msg = stratum.loads(line)
+        except ValueError:
+            log.warning("%s: unparsable line ignored: %r", conn.extranonce1, line[:200])
+            return
+        if not isinstance(msg, dict):
+            log.warning("%s: non-object line ignored: %r", conn.extranonce1, line[:200])
+            return
+        msg_id = _json_id(msg.get("id"))
+        method, params = msg.get("method"), msg.get("params")
+        if not isinstance(method, str) or not method or not isinstance(params, list):
+            conn.send(stratum.error_line(msg_id, stratum.ILLEGAL_PARAMS))
+            return
+        handler = _METHODS.get(method)
+        if handler is not None:
+            handler(self, conn, msg_id, params)
+        elif method == "mining.submit":
+            log.warning("%s: JSON mining.submit on an agent session ignored", conn.extranonce1)
+        else:
+            conn.send(stratum.error_line(msg_id, stratum.ILLEGAL_METHOD))
+
+    def _get_capabilities(self, conn: PoolConnection, msg_id: Any, params: list) -> None:
+        conn.send(_caps_line(msg_id))
+        if (conn.state == AUTHORIZED and params and isinstance(params[0], list)
+                and "subres" in params[0]):
+            conn.subres = True
+
+    def _configure(self, conn: PoolConnection, msg_id: Any, params: list) -> None:
+        if len(params) < 2 or not isinstance(params[0], list) or not isinstance(params[1], dict):
+            conn.send(stratum.error_line(msg_id, stratum.ILLEGAL_PARAMS))
+            return
+        result: Dict[str, Any] = {}
+        mask = None
+        for ext in params[0]:
+            if ext == "version-rolling":
+                requested = stratum.parse_hex32(params[1].get("version-rolling.mask", "ffffffff"))
+                if requested is None:
+                    conn.send(stratum.error_line(msg_id, stratum.ILLEGAL_PARAMS))
+                    return
+                mask = requested & self.version_mask
+                result["version-rolling"] = True
+                result["version-rolling.mask"] = "%08x" % mask
+            elif isinstance(ext, str):
+                result[ext] = False
+        reply = stratum.result_line(msg_id, dict(sorted(result.items())))
+        if mask:
+            conn.version_mask = mask
+            reply += stratum.notification_line("mining.set_version_mask", ["%08x" % mask])
+        conn.send(reply)
+
+    def _subscribe(self, conn: PoolConnection, msg_id: Any, params: list) -> None:
+        if conn.state != CONNECTED:
+            conn.send(stratum.error_line(msg_id, UNKNOWN))
+            return
+        user_agent = params[0] if params and isinstance(params[0], str) else ""
+        conn.user_agent = stratum.filter_worker_name(user_agent[:30])
+        if not conn.user_agent.startswith(AGENT_USER_AGENT_PREFIX):
+            log.warning("%s: not an agent (user agent %r), closing", conn.extranonce1, user_agent)
+            conn.close()
+            return
+        conn.is_agent = True
+        conn.state = SUBSCRIBED
+        en1 = conn.extranonce1
+        conn.send(stratum.result_line(msg_id, [[["mining.set_difficulty", en1], ["mining.notify", en1]],
+                                               en1, self.extranonce2_size]))
+
+    def _authorize(self, conn: PoolConnection, msg_id: Any, params: list) -> None:
+        if conn.state != SUBSCRIBED:
+            conn.send(stratum.error_line(msg_id, stratum.NOT_SUBSCRIBED))
+            return
+        name = params[0] if params and isinstance(params[0], str) else ""
+        sub_account = name.split(".", 1)[0]
+        if not sub_account or (self.sub_accounts is not None and sub_account not in self.sub_accounts):
+            log.info("%s: authorize refused for %r", conn.extranonce1, name)
+            conn.send(stratum.error_line(msg_id, stratum.INVALID_USERNAME, "Invalid username"))
+            return
+        conn.sub_account = sub_account
+        conn.state = AUTHORIZED
+        conn.submit_index = 0
+        log.info("%s: authorized as %s (%s)", conn.extranonce1, sub_account, conn.user_agent)
+        burst = stratum.result_line(msg_id, True) + stratum.set_difficulty_line(self.default_difficulty)
+        if self.job is not None:
+            self._send_job(conn, self.job, True, burst)
+        else:
+            conn.send(burst)
+
+    # ---- ex-messages --------------------------------------------------------------------------
+
+    def _on_frame(self, conn: PoolConnection, frame: ex.Frame, received: float) -> None:
+        if conn.state != AUTHORIZED:
+            log.debug("%s: ex-message 0x%02x before authorize dropped", conn.extranonce1, frame.cmd)
+            return
+        size = len(frame.body) + ex.HEADER_SIZE
+        if frame.cmd in ex.SUBMIT_COMMANDS:
+            if size != ex.SUBMIT_FRAME_SIZES[frame.cmd]:
+                log.debug("%s: submit frame of %d bytes dropped", conn.extranonce1, size)
+                return
+            self._on_share(conn, ex.decode_submit_share(frame.cmd, frame.body), received)
+        elif frame.cmd == ex.CMD_REGISTER_WORKER:
+            if size > ex.MAX_REGISTER_SIZE or size < 8:
+                log.info("%s: REGISTER_WORKER of %d bytes dropped", conn.extranonce1, size)
+                return
+            sid, agent, worker = ex.decode_register_worker(frame.body)
+            if sid > ex.MAX_SESSION_ID or sid in conn.workers:
+                return
+            worker = worker or DEFAULT_WORKER
+            conn.workers[sid] = (agent, worker)
+            conn.diffs[sid] = float(self.default_difficulty)
+            for local in conn.local_jobs:
+                local.diffs[sid] = conn.diffs[sid]
+            self.events.append(Event(time.time(), "register", conn.extranonce1, sid, agent, worker))
+        elif frame.cmd == ex.CMD_UNREGISTER_WORKER:
+            if size != 6:
+                return
+            sid = ex.decode_unregister_worker(frame.body)
+            entry = conn.workers.pop(sid, None)
+            conn.diffs.pop(sid, None)
+            if entry is not None:
+                self.events.append(Event(time.time(), "unregister", conn.extranonce1, sid, *entry))
+
+    def _on_share(self, conn: PoolConnection, share: ex.SubmitShare, received: float) -> None:
+        entry = conn.workers.get(share.session_id)
+        if entry is None:
+            return
+        index = conn.submit_index
+        conn.submit_index = (index + 1) & 0xFFFF
+        conn.shares_received += 1
+        self.shares_received += 1
+        status = self.validate(conn, share)
+        stats = self.stats.get((conn.sub_account, entry[1]))
+        if stats is None:
+            stats = self.stats[(conn.sub_account, entry[1])] = WorkerStats()
+        if status in stratum.ACCEPTED_STATUSES:
+            stats.accepted += 1
+        else:
+            stats.rejected += 1
+        stats.statuses[status] += 1
+        self.statuses[status] += 1
+        if conn.subres:
+            response = ex.encode_submit_response(index, status)
+            if self.shuffle_responses:
+                conn.queue_response(response)
+            else:
+                conn.send(response)
+        if self.on_share is not None:
+            self.on_share(conn, share, status, received)
+
+    def validate(self, conn: PoolConnection, share: ex.SubmitShare) -> int:
+        """The status sserver gives `share` on `conn` (§4.5 order); records it for dedup."""
+        local = conn.find_local_job(share.job_id)
+        if local is None or share.session_id not in local.diffs:
+            return JOB_NOT_FOUND
+        job = local.job
+        ntime = share.ntime or job.ntime
+        mask = share.version_mask or 0
+        full_en2 = (share.session_id << 32) | share.extra_nonce2
+        key = (full_en2, share.nonce, ntime, mask)
+        if key in local.shares:
+            return stratum.DUPLICATE_SHARE
+        local.shares.add(key)
+        if job.height < self.height:
+            return STALE_SHARE
+        if ntime < job.min_time:
+            return TIME_TOO_OLD
+        if ntime > job.ntime + TIME_TOO_NEW_SECONDS:
+            return TIME_TOO_NEW
+        if mask & ~self.version_mask:
+            return ILLEGAL_VERMASK
+        size = self.extranonce2_size
+        en2_hex = "%0*x" % (2 * size, full_en2 & ((1 << (8 * size)) - 1))
+        cb = hashing.coinbase(job.coinb1, conn.extranonce1, en2_hex, job.coinb2)
+        head = hashing.header(job.version ^ mask, job.prevhash, hashing.merkle_root(cb, job.branches),
+                              ntime, job.nbits, share.nonce)
+        if not hashing.meets_difficulty(head, local.diffs[share.session_id]):
+            return stratum.LOW_DIFFICULTY
+        return stratum.ACCEPT
+
+
+def _caps_line(msg_id: Any) -> bytes:
+    """The static capabilities answer; sserver writes it without an "error" member."""
+    return (simplejson.dumps({"id": msg_id, "result": {"capabilities": ["verrol", "subres"]}},
+                             separators=(",", ":")) + "\n").encode()
+
+
+_METHODS: Dict[str, Callable[[PoolSimulator, PoolConnection, Any, list], None]] = {
+    "agent.get_capabilities": PoolSimulator._get_capabilities,
+    "mining.configure": PoolSimulator._configure,
+    "mining.subscribe": PoolSimulator._subscribe,
+    "mining.authorize": PoolSimulator._authorize,
+}
+
+
+# ---- command line -------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    """Options of the standalone pool simulator."""
+    parser = argparse.ArgumentParser(prog="python -m gagent.sim.pool",
+                                     description="A btcpool-compatible pool simulator for BTCAgent clients.")
+    parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=3334, help="listen port (default 3334, 0 = any free)")
+    parser.add_argument("--difficulty", type=float, default=16384.0, help="starting difficulty (default 16384)")
+    parser.add_argument("--job-interval", type=float, default=30.0,
+                        help="re-send the newest job every N seconds (0 = off, default 30)")
+    parser.add_argument("--new-job-interval", type=float, default=0.0,
+                        help="make a fresh (non-clean) job every N seconds (0 = off)")
+    parser.add_argument("--extranonce2-size", type=int, default=8, help="extranonce2 size (default 8)")
+    parser.add_argument("--sub-account", action="append", dest="sub_accounts",
+                        help="allowed sub-account (repeatable; default: any non-empty)")
+    parser.add_argument("--shuffle-responses", action="store_true", help="send SUBMIT_RESPONSEs out of order")
+    parser.add_argument("--report-every", type=float, default=5.0, help="seconds between count lines")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the simulator until interrupted, logging counts every few seconds."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    pool = PoolSimulator(host=args.host, port=args.port, default_difficulty=args.difficulty,
+                         extranonce2_size=args.extranonce2_size, sub_accounts=args.sub_accounts,
+                         job_interval=args.job_interval or None, shuffle_responses=args.shuffle_responses)
+    pool.start()
+    if args.new_job_interval > 0:
+        gevent.spawn(_new_job_loop, pool, args.new_job_interval)
+    try:
+        while True:
+            gevent.sleep(args.report_every)
+            accepted = sum(s.accepted for s in pool.stats.values())
+            rejected = sum(s.rejected for s in pool.stats.values())
+            log.info("connections %d (authorized %d), miners %d, shares %d: %d accepted, %d rejected %s",
+                     len(pool.connections), len(pool.authorized),
+                     sum(len(c.workers) for c in pool.connections), pool.shares_received, accepted,
+                     rejected, dict(pool.statuses))
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        pool.stop()
+
+
+def _new_job_loop(pool: PoolSimulator, interval: float) -> None:
+    while True:
+        gevent.sleep(interval)
+        pool.new_job()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

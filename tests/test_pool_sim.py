@@ -1,0 +1,283 @@
+"""The pool simulator, driven by a bare socket client that speaks the real BTCAgent protocol."""
+import json
+import struct
+
+import pytest
+from gevent import socket
+
+from gagent.protocol import exmessage as ex
+from gagent.protocol import hashing, stratum
+from gagent.sim.pool import PoolSimulator
+
+TINY = 1.0 / 65536
+SID = 0x002A
+
+
+class AgentClient:
+    """Handshake lines and ex-message frames over one socket; keeps every JSON message and frame read."""
+
+    def __init__(self, address):
+        self.sock = socket.create_connection(address, timeout=5)
+        self.splitter = ex.StreamSplitter(1 << 20)
+        self.items = []
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def handshake(self, sub_account="demo", subres=True, user_agent="btccom-agent/2.0.0-mu"):
+        caps = ["verrol", "subres"] if subres else ["verrol"]
+        self.send(stratum.request_line("caps", "agent.get_capabilities", [caps])
+                  + stratum.request_line("conf", "mining.configure", [["version-rolling"], {
+                      "version-rolling.mask": "ffffffff", "version-rolling.min-bit-count": 0}])
+                  + stratum.request_line("sub", "mining.subscribe", [user_agent])
+                  + stratum.request_line("auth", "mining.authorize", [sub_account, ""])
+                  + stratum.request_line("caps_again", "agent.get_capabilities", [caps]))
+
+    def next(self, timeout=5.0):
+        """The next item (dict for JSON, Frame for ex-messages), or None on close."""
+        self.sock.settimeout(timeout)
+        while not self.items:
+            data = self.sock.recv(65536)
+            if not data:
+                return None
+            self.items.extend(json.loads(i) if isinstance(i, bytes) else i for i in self.splitter.feed(data))
+        return self.items.pop(0)
+
+    def read_until(self, predicate, timeout=5.0):
+        seen = []
+        while True:
+            item = self.next(timeout)
+            assert item is not None, "connection closed after %r" % seen
+            seen.append(item)
+            if predicate(item):
+                return seen
+
+    def notify(self):
+        return self.read_until(lambda m: isinstance(m, dict) and m.get("method") == "mining.notify")[-1]
+
+    def response(self):
+        frame = self.read_until(lambda m: isinstance(m, ex.Frame) and m.cmd == ex.CMD_SUBMIT_RESPONSE)[-1]
+        return ex.decode_submit_response(frame.body)
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def pool():
+    sim = PoolSimulator(default_difficulty=TINY)
+    sim.start()
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture
+def connect(pool):
+    opened = []
+
+    def make():
+        client = AgentClient(pool.address)
+        opened.append(client)
+        return client
+
+    yield make
+    for client in opened:
+        client.close()
+
+
+def ready_client(connect, pool, worker="rig1"):
+    """An authorized client with subres and one registered miner; returns (client, notify params)."""
+    client = connect()
+    client.handshake()
+    params = client.notify()["params"]
+    assert client.read_until(lambda m: m.get("id") == "caps_again")
+    client.send(ex.encode_register_worker(SID, "cgminer/4.11", worker))
+    assert pool.wait_for(lambda: pool.events)
+    return client, params
+
+
+def find_share(pool_en1: str, params, difficulty: float, sid: int = SID, en2: int = 0xBEEF):
+    """Search nonces like a miner does; returns a nonce whose header meets `difficulty`."""
+    job_id, prevhash, coinb1, coinb2, branches, version, nbits, ntime = params[:8]
+    cb = hashing.coinbase(coinb1, pool_en1, "%08x%08x" % (sid, en2), coinb2)
+    head = hashing.header(int(version, 16), prevhash, hashing.merkle_root(cb, branches),
+                          int(ntime, 16), int(nbits, 16), 0)[:76]
+    target = hashing.target_for_difficulty(difficulty)
+    for nonce in range(1 << 32):
+        if hashing.header_hash_int(head + struct.pack("<I", nonce)) <= target:
+            return nonce
+    raise AssertionError("no nonce found")
+
+
+@pytest.mark.timeout(20)
+def test_handshake_replies_in_order(pool, connect):
+    client = connect()
+    client.handshake()
+    seen = client.read_until(lambda m: m.get("method") == "mining.notify")
+    en1 = pool.connections[0].extranonce1
+    assert en1 == "01000000"
+    assert seen[0] == {"id": "caps", "result": {"capabilities": ["verrol", "subres"]}}
+    assert seen[1] == {"id": "conf", "result": {"version-rolling": True, "version-rolling.mask": "1fffe000"},
+                       "error": None}
+    assert seen[2] == {"id": None, "method": "mining.set_version_mask", "params": ["1fffe000"]}
+    assert seen[3] == {"id": "sub", "result": [[["mining.set_difficulty", en1], ["mining.notify", en1]], en1, 8],
+                       "error": None}
+    assert seen[4] == {"id": "auth", "result": True, "error": None}
+    assert seen[5] == {"id": None, "method": "mining.set_difficulty", "params": [TINY]}
+    notify = seen[6]["params"]
+    assert notify[0] == "0" and notify[8] is True and len(notify[4]) == 2
+    assert notify[5:8] == ["20000000", "1d00ffff", notify[7]]
+    assert client.next() == {"id": "caps_again", "result": {"capabilities": ["verrol", "subres"]}}
+    conn = pool.connections[0]
+    assert conn.sub_account == "demo" and conn.subres and conn.state == "authorized"
+    # later jobs carry increasing short ids and clean=false
+    pool.new_job()
+    assert client.notify()["params"][0] == "1"
+
+
+@pytest.mark.timeout(20)
+def test_authorize_rules(connect, pool):
+    pool.sub_accounts = {"good"}
+    client = connect()
+    client.send(stratum.request_line(1, "mining.authorize", ["good", ""]))
+    assert client.next() == {"id": 1, "result": None, "error": [25, "Not subscribed", None]}
+    client.send(stratum.request_line(2, "mining.subscribe", ["btccom-agent/1.0.0-su"])
+                + stratum.request_line(3, "mining.authorize", ["bad", ""]))
+    assert client.next()["id"] == 2
+    assert client.next() == {"id": 3, "result": None, "error": [29, "Invalid username", None]}
+    client.send(stratum.request_line(4, "mining.authorize", ["good", ""]))
+    assert client.next() == {"id": 4, "result": True, "error": None}
+
+
+@pytest.mark.timeout(20)
+def test_non_agent_subscribe_is_refused(connect):
+    client = connect()
+    client.send(stratum.request_line(1, "mining.subscribe", ["cgminer/4.11"]))
+    assert client.next() is None
+
+
+@pytest.mark.timeout(20)
+def test_real_share_accepted_then_duplicate(pool, connect):
+    client, params = ready_client(connect, pool)
+    en1 = pool.connections[0].extranonce1
+    nonce = find_share(en1, params, TINY)
+    share = ex.encode_submit_share(int(params[0]), SID, 0xBEEF, nonce)
+    client.send(share)
+    assert client.response() == (0, stratum.ACCEPT)
+    client.send(share)
+    assert client.response() == (1, stratum.DUPLICATE_SHARE)
+    assert pool.stats[("demo", "rig1")].accepted == 1
+    assert pool.stats[("demo", "rig1")].rejected == 1
+    assert pool.statuses == {stratum.ACCEPT: 1, stratum.DUPLICATE_SHARE: 1}
+    assert pool.connections[0].workers == {SID: ("cgminer/4.11", "rig1")}
+
+
+@pytest.mark.timeout(20)
+def test_version_rolled_share_accepted(pool, connect):
+    client, params = ready_client(connect, pool)
+    mask = 0x00A4C000
+    rolled = list(params)
+    rolled[5] = "%08x" % (int(params[5], 16) ^ mask)
+    nonce = find_share(pool.connections[0].extranonce1, rolled, TINY)
+    client.send(ex.encode_submit_share(int(params[0]), SID, 0xBEEF, nonce, version_mask=mask))
+    assert client.response() == (0, stratum.ACCEPT)
+    client.send(ex.encode_submit_share(int(params[0]), SID, 0xBEEF, nonce, version_mask=0x80000000))
+    assert client.response() == (1, 33)
+
+
+@pytest.mark.timeout(20)
+def test_low_difficulty_unknown_job_and_time(pool, connect):
+    client, params = ready_client(connect, pool)
+    pool.set_worker_difficulty(pool.connections[0], [SID], 0)
+    frame = client.read_until(lambda m: isinstance(m, ex.Frame))[-1]
+    assert frame.cmd == ex.CMD_MINING_SET_DIFF and ex.decode_mining_set_diff(frame.body) == (0, [SID])
+    pool.new_job()
+    params = client.notify()["params"]
+    job = int(params[0])
+    client.send(ex.encode_submit_share(job, SID, 1, 0x12345678))
+    assert client.response() == (0, stratum.LOW_DIFFICULTY)
+    client.send(ex.encode_submit_share(200, SID, 1, 0x12345678))
+    assert client.response() == (1, 36)
+    ntime = int(params[7], 16)
+    client.send(ex.encode_submit_share(job, SID, 2, 1, ntime=ntime + 601))
+    assert client.response() == (2, 32)
+    # an unregistered session id consumes no index and gets no response
+    client.send(ex.encode_submit_share(job, 0x777, 1, 1) + ex.encode_submit_share(job, SID, 3, 1))
+    assert client.response() == (3, stratum.LOW_DIFFICULTY)
+
+
+@pytest.mark.timeout(20)
+def test_difficulty_recorded_per_local_job(pool, connect):
+    client, params = ready_client(connect, pool)
+    en1 = pool.connections[0].extranonce1
+    pool.new_job(set_diff={pool.connections[0]: (0, [SID])})
+    seen = client.read_until(lambda m: isinstance(m, dict) and m.get("method") == "mining.notify")
+    assert isinstance(seen[-2], ex.Frame) and seen[-2].cmd == ex.CMD_MINING_SET_DIFF
+    # the first job keeps the starting (tiny) difficulty
+    nonce = find_share(en1, params, TINY)
+    client.send(ex.encode_submit_share(int(params[0]), SID, 0xBEEF, nonce))
+    assert client.response() == (0, stratum.ACCEPT)
+
+
+@pytest.mark.timeout(20)
+def test_register_rules(pool, connect):
+    client, _ = ready_client(connect, pool, worker="")
+    assert pool.connections[0].workers[SID] == ("cgminer/4.11", "__default__")
+    client.send(ex.encode_register_worker(SID, "other", "second"))  # first registration wins
+    big = struct.pack("<BBHH", 0x7F, ex.CMD_REGISTER_WORKER, 101, 7) + b"a" * 50 + b"\0" + b"w" * 43 + b"\0"
+    assert len(big) == 101
+    client.send(big)
+    client.send(ex.encode_unregister_worker(SID))
+    assert pool.wait_for(lambda: len(pool.events) == 2)
+    assert [e.kind for e in pool.events] == ["register", "unregister"]
+    assert pool.connections[0].workers == {}
+    assert all(e.session_id == SID for e in pool.events)  # the 101-byte REGISTER of sid 7 was dropped
+
+
+@pytest.mark.timeout(20)
+def test_frame_shorter_than_header_closes(pool, connect):
+    client, _ = ready_client(connect, pool)
+    client.send(b"\x7f\x02\x03\x00")
+    assert _closed(client)
+    assert pool.wait_for(lambda: not pool.connections)
+
+
+def _closed(client) -> bool:
+    """Read until the pool closes the connection."""
+    while client.next() is not None:
+        pass
+    return True
+
+
+@pytest.mark.timeout(20)
+def test_shuffled_responses_and_close_all():
+    sim = PoolSimulator(default_difficulty=1, shuffle_responses=True).start()
+    try:
+        client = AgentClient(sim.address)
+        client.handshake()
+        params = client.notify()["params"]
+        client.send(ex.encode_register_worker(SID, "a", "w"))
+        client.send(b"".join(ex.encode_submit_share(int(params[0]), SID, i, i) for i in range(8)))
+        indexes = [client.response()[0] for _ in range(8)]
+        assert sorted(indexes) == list(range(8))
+        sim.close_all()
+        assert _closed(client)
+        client.close()
+    finally:
+        sim.stop()
+
+
+@pytest.mark.timeout(20)
+def test_incompatible_extranonce2_size_and_job_resend():
+    sim = PoolSimulator(default_difficulty=1, extranonce2_size=4, job_interval=0.05).start()
+    try:
+        client = AgentClient(sim.address)
+        client.handshake(subres=False)
+        sub = client.read_until(lambda m: m.get("id") == "sub")[-1]
+        assert sub["result"][2] == 4
+        first = client.notify()["params"]
+        again = client.notify()["params"]
+        assert again[0] == "1" and again[1:8] == first[1:8] and again[8] is False
+        client.close()
+    finally:
+        sim.stop()
