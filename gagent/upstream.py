@@ -137,8 +137,13 @@ class UpstreamSession:
         self._close_connection("agent stopping")
 
     def _run(self) -> None:
-        """Connect to the first pool that accepts us; on loss, start again from the first pool."""
+        """Connect to the first pool that accepts us; on loss, start again from the first pool.
+
+        A connection that was serving is re-established at once; only a pass over the whole pool
+        list that got nowhere waits RETRY_DELAY before the next.
+        """
         while not self._stopping:
+            served = False
             for pool in self.pools:
                 if self._stopping:
                     return
@@ -154,8 +159,11 @@ class UpstreamSession:
                 except Exception:  # a bug must cost one connection, never the slot
                     log.exception("slot %d: unexpected error with pool %s:%d", self.slot, pool.host, pool.port)
                 finally:
+                    served = self.ready or served
                     self._close_connection("connection to %s:%d lost" % (pool.host, pool.port))
-            if not self._stopping:
+                if served:
+                    break
+            if not served and not self._stopping:
                 gevent.sleep(RETRY_DELAY)
 
     def _serve(self, pool: PoolEntry) -> None:
