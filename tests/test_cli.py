@@ -1,0 +1,44 @@
+"""The `gagent` entry point as an operator runs it: a subprocess with a config file and a log dir."""
+import json
+import signal
+import socket as std_socket
+import subprocess
+import sys
+
+import pytest
+
+from conftest import LineClient, wait, wait_until
+
+
+def free_port() -> int:
+    with std_socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.timeout(60)
+def test_gagent_serves_miners_logs_to_logdir_and_stops_on_sigterm(pool, tmp_path):
+    port = free_port()
+    conf = tmp_path / "agent_conf.json"
+    conf.write_text(json.dumps({"agent_listen_ip": "127.0.0.1", "agent_listen_port": port,
+                                "pools": [["127.0.0.1", pool.address[1], "demo"]],
+                                "advanced": {"pool_connection_number_per_subaccount": 2}}))
+    logdir = tmp_path / "logs"
+    process = subprocess.Popen([sys.executable, "-m", "gagent", "-c", str(conf), "-l", str(logdir)])
+    try:
+        assert wait_until(lambda: len(pool.authorized) == 2, timeout=15), "agent did not connect to the pool"
+        client = LineClient(("127.0.0.1", port))
+        client.login("demo.cli")
+        assert wait_until(lambda: any(w == ("cgminer/4.11", "cli") for c in pool.authorized
+                                      for w in c.workers.values()))
+        client.close()
+        process.send_signal(signal.SIGTERM)
+        assert wait_until(lambda: process.poll() is not None, timeout=10), "agent did not stop on SIGTERM"
+        assert process.returncode == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(wait(10))
+    log_text = (logdir / "gagent.log").read_text()
+    assert "listening for miners on 127.0.0.1:%d" % port in log_text
+    assert "authorized at 127.0.0.1:%d as demo" % pool.address[1] in log_text
