@@ -7,15 +7,11 @@ import signal
 import sys
 from typing import List, Optional
 
-from gevent import monkey
+import gevent
+import gevent.event
 
-monkey.patch_socket()
-
-import gevent  # noqa: E402
-import gevent.event  # noqa: E402
-
-from .config import Config, ConfigError, load_config  # noqa: E402
-from .server import Agent  # noqa: E402
+from .config import Config, ConfigError, load_config
+from .server import Agent
 
 log = logging.getLogger("gagent")
 

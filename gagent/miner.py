@@ -27,6 +27,7 @@ log = logging.getLogger("gagent.miner")
 MAX_LINE = 16 * 1024
 RECV_SIZE = 4096
 ASICBOOST_LOSS_THRESHOLD = 100
+_switch = greenlet.switch
 EXTRANONCE2_SIZE = 4
 
 
@@ -63,7 +64,6 @@ class MinerSession:
         to it: a shallow stack is what a parked miner costs, so this is kept flat on purpose.
         """
         hub = get_hub()
-        park = greenlet.switch.__get__(hub)  # the C switch itself: no wrapper frame under a parked miner
         me = self._greenlet = getcurrent()
         watcher = self._read_watcher = hub.loop.io(self.sock.fileno(), 1)
         watcher.start(me.switch)
@@ -71,7 +71,7 @@ class MinerSession:
         pending = b""
         try:
             while True:
-                park()
+                _switch(hub)  # park: greenlet's C switch, no wrapper frame under a parked miner
                 if self.closed:
                     return
                 try:
@@ -93,6 +93,7 @@ class MinerSession:
                     self.handle_line(data[start:newline])
                     start = newline + 1
                 pending = data[start:]
+                data = None  # a parked miner keeps only its unfinished line
                 if len(pending) > MAX_LINE:
                     log.warning("miner %s: line over %d bytes, disconnecting", self.peer_ip, MAX_LINE)
                     return
