@@ -32,6 +32,7 @@ class MinerListener(StreamServer):
             return None
         sock = _socket.socket(self.socket.family, self.socket.type, self.socket.proto, fd)
         sock.setblocking(False)
+        sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)  # answers and jobs leave at once
         return sock, address
 
 

@@ -33,6 +33,7 @@ USER_AGENT = "btccom-agent/%s-gagent" % __version__
 POOL_MAX_LINE = 4 << 20
 RECV_SIZE = 65536
 RETRY_DELAY = 5.0
+FAN_OUT_BATCH = 256  # miners served between yields to the hub during a job fan-out
 INTERNAL_ERROR = stratum.INTERNAL_ERROR
 
 
@@ -335,9 +336,7 @@ class UpstreamSession:
             log.warning("slot %d: ignoring invalid mining.set_difficulty %r", self.slot, params)
             return
         self.difficulty = value
-        line = stratum.set_difficulty_line(value)
-        for miner in list(self.miners.values()):
-            miner.send(line)
+        self._fan_out(stratum.set_difficulty_line(value))
 
     def _on_set_version_mask(self, params: Any) -> None:
         mask = stratum.parse_hex32(params[0]) if isinstance(params, list) and params else None
@@ -359,9 +358,17 @@ class UpstreamSession:
             return
         self._job_ntimes[job.short_id] = job.ntime
         self._job_line_clean = job.line_clean
-        line = job.line
-        for miner in list(self.miners.values()):
+        self._fan_out(job.line)
+
+    def _fan_out(self, line: bytes) -> None:
+        """Send one line to every attached miner, yielding now and then so shares keep flowing.
+
+        Miners that join meanwhile already got the job from attach(); miners that leave are skipped.
+        """
+        for count, miner in enumerate(list(self.miners.values()), 1):
             miner.send(line)
+            if not count % FAN_OUT_BATCH:
+                gevent.sleep(0)
 
     def _on_frame(self, frame: Frame) -> None:
         if frame.cmd == CMD_MINING_SET_DIFF:
