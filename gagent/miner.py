@@ -70,7 +70,7 @@ class MinerSession:
         recv = self.sock.recv
         pending = b""
         try:
-            while True:
+            while not self.closed:  # a miner closed by its own handler must not park again
                 _switch(hub)  # park: greenlet's C switch, no wrapper frame under a parked miner
                 if self.closed:
                     return

@@ -327,3 +327,43 @@ def test_subres_answers_follow_the_pool_out_of_order(agent_factory, pool):
             assert msg["result"] is None and msg["error"][0] == 23  # LOW_DIFFICULTY, each its own
     finally:
         client.close()
+
+
+def test_refused_miners_leave_nothing_behind(pool):
+    """Miners refused because no pool connection is ready must not leave sessions or greenlets."""
+    import gc
+    from conftest import make_agent
+    from gagent.miner import MinerSession
+    agent = make_agent(pool)
+    pool.stop()  # nothing listens: no upstream will be ready
+    agent.start()
+    try:
+        for n in range(30):
+            client = LineClient(agent.address)
+            client.answer(client.request("mining.subscribe", []))
+            client.request("mining.authorize", ["demo.r%d" % n, "x"])
+            assert client.read()["error"][0] == 30
+            assert client.read() is None
+            client.close()
+        assert wait_until(lambda: not agent.miners)
+        gevent.sleep(0.05)
+        gc.collect()
+        assert not [o for o in gc.get_objects() if isinstance(o, MinerSession)]
+    finally:
+        agent.stop()
+
+
+def test_miners_dropped_on_pool_loss_leave_nothing_behind(pool, agent):
+    import gc
+    from gagent.miner import MinerSession
+    clients = [LineClient(agent.address) for _ in range(20)]
+    for n, client in enumerate(clients):
+        client.login("demo.p%d" % n)
+    pool.close_all()  # the agent closes these miners from its upstream greenlet, not theirs
+    for client in clients:
+        assert client.read() is None
+        client.close()
+    assert wait_until(lambda: not agent.miners)
+    gevent.sleep(0.05)
+    gc.collect()
+    assert not [o for o in gc.get_objects() if isinstance(o, MinerSession)]
