@@ -255,11 +255,11 @@ def read_config_file(path: str) -> Dict[str, Any]:
         with open(path, encoding="utf-8") as handle:
             data = simplejson.load(handle)
     except FileNotFoundError:
-        raise ConfigError("config file %s not found; pass -c with the path of agent_conf.json" % path)
+        raise ConfigError("config file %s not found; pass -c with the path of agent_conf.json" % path) from None
     except OSError as exc:
-        raise ConfigError("config file %s cannot be read: %s" % (path, exc.strerror))
+        raise ConfigError("config file %s cannot be read: %s" % (path, exc.strerror)) from None
     except ValueError as exc:
-        raise ConfigError("config file %s is not valid JSON: %s" % (path, exc))
+        raise ConfigError("config file %s is not valid JSON: %s" % (path, exc)) from None
     return flatten_file_config(data, path)
 
 

@@ -3,7 +3,6 @@ import _socket
 import logging
 from typing import Any, Dict, List, Optional, Tuple
 
-import gevent
 from gevent import get_hub
 from gevent.event import Event
 from gevent.server import StreamServer

@@ -48,13 +48,11 @@ class Reconnect(Exception):
 class UpstreamSession:
     """One upstream connection slot: connects, walks the pool list on failure, serves its miners."""
 
-    def __init__(self, config: Config, pools: List[PoolEntry], slot: int,
-                 on_ready: Any = None, on_lost: Any = None) -> None:
+    def __init__(self, config: Config, pools: List[PoolEntry], slot: int, on_ready: Any = None) -> None:
         self.config = config
         self.pools = pools
         self.slot = slot
         self.on_ready = on_ready
-        self.on_lost = on_lost
         self.miners: Dict[int, "MinerSession"] = {}
         self.ready = False
         self.pool: Optional[PoolEntry] = None
@@ -74,7 +72,6 @@ class UpstreamSession:
         self._writer: Optional[gevent.Greenlet] = None
         self._stopping = False
         self._unknown_methods: set = set()
-        self.stats = {"shares": 0, "connects": 0, "bytes_sent": 0, "writes": 0}
 
     # ---- interface used by miners --------------------------------------------------------------
 
@@ -116,7 +113,6 @@ class UpstreamSession:
             self._queue.put(frame)
         else:
             self._queue.put((frame, miner, msg_id))  # answered by the writer once written
-        self.stats["shares"] += 1
         return 0
 
     def send_version_mask(self, miner: "MinerSession") -> None:
@@ -199,7 +195,6 @@ class UpstreamSession:
 
     def _become_ready(self) -> None:
         self.ready = True
-        self.stats["connects"] += 1
         self._sock.settimeout(self.config.pool_connection_read_timeout_seconds)
         self._writer = gevent.spawn(self._write_loop, self._sock)
         log.info("slot %d: authorized at %s:%d as %s (extranonce1 %s)", self.slot, self.pool.host,
@@ -208,7 +203,6 @@ class UpstreamSession:
             self.on_ready(self)
 
     def _close_connection(self, reason: str) -> None:
-        was_ready = self.ready
         self.ready = False
         if self._writer is not None:
             self._writer.kill(block=False)
@@ -234,8 +228,6 @@ class UpstreamSession:
         for miner in miners:
             miner.upstream = None
             miner.close()
-        if was_ready and self.on_lost is not None:
-            self.on_lost(self)
 
     # ---- writing -------------------------------------------------------------------------------
 
@@ -247,7 +239,6 @@ class UpstreamSession:
         """
         queue = self._queue
         delay = self.config.upstream_flush_delay_ms / 1000.0
-        stats = self.stats
         items: List[Any] = []
         try:
             while True:
@@ -258,8 +249,6 @@ class UpstreamSession:
                     items.append(queue.get_nowait())
                 data = b"".join([item if type(item) is bytes else item[0] for item in items])
                 sock.sendall(data)
-                stats["bytes_sent"] += len(data)
-                stats["writes"] += 1
                 for item in items:
                     if type(item) is tuple:
                         item[1].send(true_line(item[2]))
@@ -325,7 +314,7 @@ class UpstreamSession:
         try:
             int(extranonce1, 16)
         except ValueError:
-            raise PoolRefused("extranonce1 %r is not hex" % extranonce1)
+            raise PoolRefused("extranonce1 %r is not hex" % extranonce1) from None
         self.extranonce1 = extranonce1.lower()
 
     def _on_set_difficulty(self, params: Any) -> None:

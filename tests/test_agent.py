@@ -1,10 +1,8 @@
 """End to end: simulated miners → gagent → simulated btcpool pool, on real loopback sockets."""
-import json
 
 import gevent
 import pytest
 
-from gagent.protocol import exmessage as ex
 from gagent.protocol import hashing
 from gagent.sim.miner import SimMiner
 
