@@ -49,7 +49,7 @@ class MinerSession:
         self.upstream: Optional["UpstreamSession"] = None
         self.version_rolling = False
         self.asicboost_shares = 0
-        self._backlog: Optional[bytes] = None
+        self._backlog: Optional[bytearray] = None
         self._read_watcher: Any = None
         self._write_watcher: Any = None
         self._greenlet: Any = None
@@ -233,7 +233,7 @@ class MinerSession:
             self.close()
             return
         if sent < len(data):
-            self._backlog = data[sent:]
+            self._backlog = bytearray(data[sent:])  # appends stay O(1) however far the miner lags
             watcher = self._write_watcher = get_hub().loop.io(self.sock.fileno(), 2)
             watcher.start(self._flush_backlog)
 
@@ -250,7 +250,7 @@ class MinerSession:
             self.close()
             return
         if sent < len(backlog):
-            self._backlog = backlog[sent:]
+            del backlog[:sent]
             return
         self._backlog = None
         self._stop_write_watcher()
