@@ -327,11 +327,19 @@ def test_subres_answers_follow_the_pool_out_of_order(agent_factory, pool):
         client.close()
 
 
+def assert_no_session_left(agent):
+    """Every miner left: no session object survives (a parked greenlet would keep one alive)."""
+    import gc
+    from gagent.miner import MinerSession
+    assert wait_until(lambda: not agent.miners)
+    gevent.sleep(0.05)
+    gc.collect()
+    assert not [o for o in gc.get_objects() if isinstance(o, MinerSession)]
+
+
 def test_refused_miners_leave_nothing_behind(pool):
     """Miners refused because no pool connection is ready must not leave sessions or greenlets."""
-    import gc
     from conftest import make_agent
-    from gagent.miner import MinerSession
     agent = make_agent(pool)
     pool.stop()  # nothing listens: no upstream will be ready
     agent.start()
@@ -343,17 +351,12 @@ def test_refused_miners_leave_nothing_behind(pool):
             assert client.read()["error"][0] == 30
             assert client.read() is None
             client.close()
-        assert wait_until(lambda: not agent.miners)
-        gevent.sleep(0.05)
-        gc.collect()
-        assert not [o for o in gc.get_objects() if isinstance(o, MinerSession)]
+        assert_no_session_left(agent)
     finally:
         agent.stop()
 
 
 def test_miners_dropped_on_pool_loss_leave_nothing_behind(pool, agent):
-    import gc
-    from gagent.miner import MinerSession
     clients = [LineClient(agent.address) for _ in range(20)]
     for n, client in enumerate(clients):
         client.login("demo.p%d" % n)
@@ -361,7 +364,4 @@ def test_miners_dropped_on_pool_loss_leave_nothing_behind(pool, agent):
     for client in clients:
         assert client.read() is None
         client.close()
-    assert wait_until(lambda: not agent.miners)
-    gevent.sleep(0.05)
-    gc.collect()
-    assert not [o for o in gc.get_objects() if isinstance(o, MinerSession)]
+    assert_no_session_left(agent)
