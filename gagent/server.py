@@ -1,6 +1,8 @@
 """The agent: a StreamServer for miners, the upstream connection slots, placement and shutdown."""
 import _socket
+import errno
 import logging
+import resource
 from typing import Any, Dict, List, Optional, Tuple
 
 from gevent import get_hub
@@ -20,6 +22,7 @@ log = logging.getLogger("gagent.server")
 # 10,000 miners then took 15 s, retrying after 1, 3 and 7 s; with 4096 they take about 2 s.
 # The kernel caps it at net.core.somaxconn.
 LISTEN_BACKLOG = 4096
+ACCEPT_RETRY_SECONDS = 1.0
 
 
 class MinerListener(StreamServer):
@@ -29,15 +32,38 @@ class MinerListener(StreamServer):
     watcher it owns itself, so the wrapper would be memory spent 10,000 times for nothing.
     """
 
+    _resume_timer: Any = None
+
     def do_read(self) -> Any:
         try:
             fd, address = self.socket._accept()
         except BlockingIOError:
             return None
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+            self._pause_accepting()
+            return None
         sock = _socket.socket(self.socket.family, self.socket.type, self.socket.proto, fd)
         sock.setblocking(False)
         sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)  # answers and jobs leave at once
         return sock, address
+
+
+    def _pause_accepting(self) -> None:
+        """Out of file descriptors: say so, leave new miners in the kernel's queue, retry in a second."""
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        log.error("cannot accept more miners: too many open files (limit %d); raise the open-file limit "
+                  "(ulimit -n, systemd LimitNOFILE=, supervisor minfds) to more than twice the number of miners",
+                  soft)
+        self.stop_accepting()
+        self._resume_timer = self.loop.timer(ACCEPT_RETRY_SECONDS)
+        self._resume_timer.start(self._resume_accepting)
+
+    def _resume_accepting(self) -> None:
+        self._resume_timer = None
+        if not self.closed:
+            self.start_accepting()
 
 
 class Agent:

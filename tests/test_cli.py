@@ -42,3 +42,48 @@ def test_gagent_serves_miners_logs_to_logdir_and_stops_on_sigterm(pool, tmp_path
     log_text = (logdir / "gagent.log").read_text()
     assert "listening for miners on 127.0.0.1:%d" % port in log_text
     assert "authorized at 127.0.0.1:%d as demo" % pool.address[1] in log_text
+
+
+@pytest.mark.timeout(60)
+def test_out_of_file_descriptors_is_explained_and_survived(pool, tmp_path):
+    """With a tiny open-file limit the agent says what to raise, keeps its miners, and recovers."""
+    import resource
+    port = free_port()
+    conf = tmp_path / "agent_conf.json"
+    conf.write_text(json.dumps({"agent_listen_ip": "127.0.0.1", "agent_listen_port": port,
+                                "pools": [["127.0.0.1", pool.address[1], "demo"]],
+                                "advanced": {"pool_connection_number_per_subaccount": 1}}))
+    log_path = tmp_path / "agent.log"
+
+    def low_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40))
+
+    with open(log_path, "w") as log_file:
+        process = subprocess.Popen([sys.executable, "-m", "gagent", "-c", str(conf)], stderr=log_file,
+                                   preexec_fn=low_limit)
+    clients = []
+    try:
+        assert wait_until(lambda: len(pool.authorized) == 1, timeout=15)
+        first = LineClient(("127.0.0.1", port))
+        first.login("demo.first")
+        clients.append(first)
+        for _ in range(45):  # more than the agent has descriptors for
+            client = LineClient(("127.0.0.1", port))
+            client.request("mining.subscribe", [])
+            clients.append(client)
+        assert wait_until(lambda: "too many open files" in log_path.read_text(), timeout=10)
+        assert "raise the open-file limit" in log_path.read_text()
+        pool.new_job()
+        assert first.read_until(lambda m: m.get("method") == "mining.notify")  # served miners stay served
+        for client in clients[1:]:
+            client.close()
+        late = LineClient(("127.0.0.1", port))
+        clients.append(late)
+        late.login("demo.late")  # descriptors freed: accepting again
+        assert process.poll() is None
+    finally:
+        for client in clients:
+            client.close()
+        process.terminate()
+        process.wait(wait(10))
+    assert "Traceback" not in log_path.read_text()
