@@ -365,3 +365,26 @@ def test_miners_dropped_on_pool_loss_leave_nothing_behind(pool, agent):
         assert client.read() is None
         client.close()
     assert_no_session_left(agent)
+
+
+def segments_sent(sock) -> int:
+    """TCP segments a socket has sent (Linux TCP_INFO tcpi_segs_out): what the uplink carries."""
+    import socket
+    import struct
+    return struct.unpack_from("<I", sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256), 136)[0]
+
+
+def test_a_burst_of_shares_leaves_in_one_tcp_segment(pool, agent, clients):
+    conn = agent_connection(pool)
+    miners = [clients() for _ in range(20)]
+    jobs = [miner.login("demo.b%d" % n)[1][-1]["params"] for n, miner in enumerate(miners)]
+    assert wait_until(lambda: len(conn.workers) == 20)
+    gevent.sleep(0.05)  # let the REGISTER frames go first
+    uplink = agent.upstreams[0]._sock
+    before = segments_sent(uplink)
+    ids = [miner.request("mining.submit", ["demo.b%d" % n, job[0], "00000001", job[7], "%08x" % n])
+           for n, (miner, job) in enumerate(zip(miners, jobs))]
+    for miner, msg_id in zip(miners, ids):
+        assert miner.answer(msg_id)["result"] is True  # answered once written upstream
+    assert wait_until(lambda: conn.shares_received == 20)
+    assert segments_sent(uplink) - before <= 2  # 20 share frames in one write (plus at most one ACK)
