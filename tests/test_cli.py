@@ -16,13 +16,19 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.mark.timeout(60)
-def test_gagent_serves_miners_logs_to_logdir_and_stops_on_sigterm(pool, tmp_path):
+def write_agent_conf(tmp_path, pool, connections: int):
+    """An agent_conf.json on a free port for `pool`; returns (port, path)."""
     port = free_port()
     conf = tmp_path / "agent_conf.json"
     conf.write_text(json.dumps({"agent_listen_ip": "127.0.0.1", "agent_listen_port": port,
                                 "pools": [["127.0.0.1", pool.address[1], "demo"]],
-                                "advanced": {"pool_connection_number_per_subaccount": 2}}))
+                                "advanced": {"pool_connection_number_per_subaccount": connections}}))
+    return port, conf
+
+
+@pytest.mark.timeout(60)
+def test_gagent_serves_miners_logs_to_logdir_and_stops_on_sigterm(pool, tmp_path):
+    port, conf = write_agent_conf(tmp_path, pool, connections=2)
     logdir = tmp_path / "logs"
     process = subprocess.Popen([sys.executable, "-m", "gagent", "-c", str(conf), "-l", str(logdir)])
     try:
@@ -48,11 +54,7 @@ def test_gagent_serves_miners_logs_to_logdir_and_stops_on_sigterm(pool, tmp_path
 def test_out_of_file_descriptors_is_explained_and_survived(pool, tmp_path):
     """With a tiny open-file limit the agent says what to raise, keeps its miners, and recovers."""
     import resource
-    port = free_port()
-    conf = tmp_path / "agent_conf.json"
-    conf.write_text(json.dumps({"agent_listen_ip": "127.0.0.1", "agent_listen_port": port,
-                                "pools": [["127.0.0.1", pool.address[1], "demo"]],
-                                "advanced": {"pool_connection_number_per_subaccount": 1}}))
+    port, conf = write_agent_conf(tmp_path, pool, connections=1)
     log_path = tmp_path / "agent.log"
 
     def low_limit():
