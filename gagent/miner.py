@@ -1,9 +1,9 @@
 """One miner connection (downstream session): stratum v1 in, calls into its upstream session out.
 
-One greenlet per miner reads and handles lines on a plain non-blocking socket; everything sent to
-the miner goes through `send()`,
-which never blocks: what the socket does not take at once waits in a bounded backlog that a libev
-write watcher drains from the hub. So a miner that stops reading cannot delay anyone else.
+One greenlet per miner reads and handles lines on a plain non-blocking socket. Everything sent to
+the miner goes through `send()`, which never blocks: what the socket does not take at once waits in
+a bounded backlog that a libev write watcher drains from the hub. So a miner that stops reading
+cannot delay anyone else.
 """
 import logging
 import sys
@@ -119,11 +119,12 @@ class MinerSession:
         msg_id = msg.get("id")
         method = msg.get("method")
         params = msg.get("params")
-        if not isinstance(params, list):
-            params = [] if params is None else None
         if params is None:
+            params = []
+        elif not isinstance(params, list):
             self.send(error_line(msg_id, ILLEGAL_PARAMS))
-        elif method == "mining.submit":
+            return
+        if method == "mining.submit":
             self.on_submit(msg_id, params)
         elif method == "mining.subscribe":
             self.on_subscribe(msg_id, params)

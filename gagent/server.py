@@ -49,7 +49,6 @@ class MinerListener(StreamServer):
         sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)  # answers and jobs leave at once
         return sock, address
 
-
     def _pause_accepting(self) -> None:
         """Out of file descriptors: say so, leave new miners in the kernel's queue, retry in a second."""
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -376,7 +376,7 @@ class UpstreamSession:
                 return
             miner, msg_id = entry
             if status in stratum.ACCEPTED_STATUSES:
-                miner.send(stratum.result_line(msg_id, True))
+                miner.send(true_line(msg_id))
             else:
                 miner.send(stratum.error_line(msg_id, status))
         # other commands are not for agents; ignore them as the pool does
