@@ -6,6 +6,7 @@ setup(
     description="Stratum proxy for Bitcoin mining farms speaking the BTCAgent protocol upstream",
     long_description=open("README.rst").read() if __import__("os").path.exists("README.rst") else "",
     packages=find_packages(include=["gagent", "gagent.*"]),
+    package_data={"gagent.status": ["*.html"]},
     python_requires=">=3.9",
     install_requires=["gevent>=21.1", "simplejson>=3.17", "ConfigArgParse>=1.5", "psutil>=5.8",
                       "prometheus-client>=0.16", "python-socks>=2.0"],
