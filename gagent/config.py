@@ -39,15 +39,22 @@ TOP_LEVEL_DEFAULTS: Dict[str, Any] = {
     "submit_response_from_server": False,
     "pool_use_tls": False,
     "proxy": [],
+    "http_listen": "127.0.0.1:8080",
+    "http_per_worker_metrics": False,
+    "log_max_bytes": 50 << 20,
+    "log_backups": 5,
 }
 ADVANCED_DEFAULTS: Dict[str, Any] = {
     "pool_connection_number_per_subaccount": 5,
     "pool_connection_dial_timeout_seconds": 15.0,
     "pool_connection_read_timeout_seconds": 60.0,
     "fake_job_notify_interval_seconds": 30.0,
-    "tls_skip_certificate_verify": True,
+    "tls_skip_certificate_verify": False,
+    "tls_ca_file": "",
     "upstream_flush_delay_ms": 5.0,
     "miner_backlog_limit_bytes": 1 << 20,
+    "upstream_grace_seconds": 30.0,
+    "pool_failback_seconds": 300.0,
 }
 # Keys accepted (they are part of the BTCAgent configuration) whose behaviour is not built yet.
 NOT_YET_SUPPORTED = ("multi_user_mode", "always_keep_downconn", "pool_use_tls", "proxy")
@@ -72,15 +79,23 @@ class Config:
     submit_response_from_server: bool
     pool_use_tls: bool
     proxy: List[str]
+    http_listen: str
+    http_per_worker_metrics: bool
+    log_max_bytes: int
+    log_backups: int
     pool_connection_number_per_subaccount: int
     pool_connection_dial_timeout_seconds: float
     pool_connection_read_timeout_seconds: float
     fake_job_notify_interval_seconds: float
     tls_skip_certificate_verify: bool
+    tls_ca_file: str
     upstream_flush_delay_ms: float
     miner_backlog_limit_bytes: int
+    upstream_grace_seconds: float
+    pool_failback_seconds: float
     log_dir: Optional[str]
     log_level: str
+    check_config: bool
 
     def __init__(self, values: Dict[str, Any]) -> None:
         self.__dict__.update(values)
@@ -147,6 +162,19 @@ def _parse_proxy(value: Any) -> List[str]:
     return value
 
 
+def _parse_listen_address(key: str, value: str) -> "tuple[str, int]":
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError('%s: expected "host:port" (e.g. "127.0.0.1:8080") or "" to turn it off, got %r'
+                          % (key, value))
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def listen_address(value: str) -> "tuple[str, int]":
+    """(host, port) of a validated "host:port" option such as http_listen."""
+    return _parse_listen_address("address", value)
+
+
 def validate(raw: Dict[str, Any]) -> Config:
     """Apply defaults and check every key; raises ConfigError naming the first bad key."""
     values: Dict[str, Any] = {}
@@ -156,11 +184,11 @@ def validate(raw: Dict[str, Any]) -> Config:
         raise ConfigError("pools: missing; expected a list of [host, port, sub-account]")
     values["pools"] = _parse_pools(values["pools"])
     values["proxy"] = _parse_proxy(values["proxy"])
-    for key in ("agent_listen_ip", "ip_worker_name_format", "fixed_worker_name"):
+    for key in ("agent_listen_ip", "ip_worker_name_format", "fixed_worker_name", "http_listen", "tls_ca_file"):
         values[key] = _expect_str(key, values[key])
     for key in ("multi_user_mode", "always_keep_downconn", "disconnect_when_lost_asicboost",
                 "use_ip_as_worker_name", "submit_response_from_server", "pool_use_tls",
-                "tls_skip_certificate_verify"):
+                "tls_skip_certificate_verify", "http_per_worker_metrics"):
         values[key] = _expect_bool(key, values[key])
     values["agent_listen_port"] = _expect_number("agent_listen_port", values["agent_listen_port"], True, 0, 65535)
     values["pool_connection_number_per_subaccount"] = _expect_number(
@@ -168,11 +196,18 @@ def validate(raw: Dict[str, Any]) -> Config:
     for key, low, high in (("pool_connection_dial_timeout_seconds", 0.1, 3600),
                            ("pool_connection_read_timeout_seconds", 0.1, 86400),
                            ("fake_job_notify_interval_seconds", 1, 3600),
-                           ("upstream_flush_delay_ms", 0, 100)):
+                           ("upstream_flush_delay_ms", 0, 1000),
+                           ("upstream_grace_seconds", 0, 86400),
+                           ("pool_failback_seconds", 1, 86400)):
         values[key] = float(_expect_number(key, values[key], False, low, high))
     values["miner_backlog_limit_bytes"] = _expect_number(
         "miner_backlog_limit_bytes", values["miner_backlog_limit_bytes"], True, 4096, 1 << 30)
+    values["log_max_bytes"] = _expect_number("log_max_bytes", values["log_max_bytes"], True, 4096, 1 << 40)
+    values["log_backups"] = _expect_number("log_backups", values["log_backups"], True, 0, 1000)
+    if values["http_listen"]:
+        _parse_listen_address("http_listen", values["http_listen"])
     values["log_dir"] = raw.get("log_dir")
+    values["check_config"] = bool(raw.get("check_config", False))
     values["log_level"] = str(raw.get("log_level", "INFO")).upper()
     if values["log_level"] not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("log_level: expected DEBUG, INFO, WARNING or ERROR, got %r" % raw.get("log_level"))
@@ -221,6 +256,8 @@ def build_parser() -> configargparse.ArgumentParser:
     parser.add_argument("-l", "--log-dir", env_var=ENV_PREFIX + "LOG_DIR",
                         help="directory for log files (default: log to stderr)")
     parser.add_argument("--log-level", env_var=ENV_PREFIX + "LOG_LEVEL", help="DEBUG, INFO (default), WARNING, ERROR")
+    parser.add_argument("--check-config", action="store_true",
+                        help="validate the configuration, print the effective settings and exit (0 ok, 2 bad)")
     for key in list(TOP_LEVEL_DEFAULTS) + list(ADVANCED_DEFAULTS):
         default = TOP_LEVEL_DEFAULTS.get(key, ADVANCED_DEFAULTS.get(key))
         help_text = "default: %s" % simplejson.dumps(default)
@@ -246,6 +283,7 @@ def load_config(argv: Optional[Sequence[str]] = None, environ: Optional[Dict[str
         raw["log_dir"] = args.log_dir
     if args.log_level is not None:
         raw["log_level"] = args.log_level
+    raw["check_config"] = args.check_config
     return validate(raw)
 
 
