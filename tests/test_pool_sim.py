@@ -281,3 +281,48 @@ def test_incompatible_extranonce2_size_and_job_resend():
         client.close()
     finally:
         sim.stop()
+
+
+def _refused(address) -> bool:
+    try:
+        socket.create_connection(address, timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+@pytest.mark.timeout(20)
+def test_pause_and_resume_listening_keep_open_connections(pool, connect):
+    client, params = ready_client(connect, pool)
+    address = pool.address
+    pool.pause_listening()
+    assert not pool.listening and _refused(address)
+    assert pool.address == address
+    pool.new_job()  # the open connection still gets jobs
+    assert client.notify()["params"][0] == "1"
+    pool.resume_listening()
+    assert pool.listening and pool.address == address
+    second = connect()
+    second.handshake()
+    assert second.notify()["params"][0] == "0"
+    assert pool.connections_total == 2 and len(pool.connect_times) == 2
+    assert pool.connect_times[0] <= pool.connect_times[1]
+
+
+@pytest.mark.timeout(20)
+def test_stop_and_start_again_on_the_same_port(pool, connect):
+    client = connect()
+    client.handshake()
+    client.notify()
+    address = pool.address
+    pool.stop()
+    assert _closed(client)
+    assert pool.disconnects == 1 and not pool.connections
+    assert pool.address == address and _refused(address)
+    pool.start()
+    assert pool.address == address
+    again = connect()
+    again.handshake()
+    assert again.notify()["params"][8] is True
+    with pytest.raises(RuntimeError):
+        pool.start()

@@ -17,13 +17,16 @@ from typing import (Any, Callable, Collection, Counter, Dict, Iterable, List, Ma
                     Optional, Sequence, Set, Tuple)
 
 import gevent
-import simplejson
+import gevent.event
 import gevent.lock
+import simplejson
+from gevent import socket
 from gevent.server import StreamServer
 
 from ..protocol import exmessage as ex
 from ..protocol import hashing
 from ..protocol import stratum
+from .faults import FaultInjection
 
 log = logging.getLogger("gagent.sim.pool")
 
@@ -42,6 +45,7 @@ ILLEGAL_VERMASK = 33
 JOB_NOT_FOUND = 36
 RESPONSE_BATCH = 4
 RESPONSE_DELAY = 0.005
+LISTEN_BACKLOG = 1024
 
 CONNECTED, SUBSCRIBED, AUTHORIZED = "connected", "subscribed", "authorized"
 
@@ -116,8 +120,8 @@ class PoolConnection:
 
     __slots__ = ("pool", "sock", "peer", "en1", "extranonce1", "state", "user_agent", "is_agent",
                  "sub_account", "subres", "version_mask", "workers", "diffs", "local_jobs",
-                 "next_short_id", "submit_index", "shares_received", "closed", "_write_lock",
-                 "_pending", "_flusher")
+                 "next_short_id", "submit_index", "shares_received", "closed", "reader", "reading",
+                 "_write_lock", "_pending", "_flusher")
 
     def __init__(self, pool: "PoolSimulator", sock: Any, peer: Any, en1: int) -> None:
         self.pool = pool
@@ -138,6 +142,9 @@ class PoolConnection:
         self.submit_index = 0
         self.shares_received = 0
         self.closed = False
+        self.reader: Optional[gevent.Greenlet] = None  # the greenlet reading this connection
+        self.reading = gevent.event.Event()  # cleared while the pool stops reading (stop_reading)
+        self.reading.set()
         self._write_lock = gevent.lock.Semaphore()
         self._pending: List[bytes] = []
         self._flusher: Optional[gevent.Greenlet] = None
@@ -163,6 +170,7 @@ class PoolConnection:
         if self.closed:
             return
         self.closed = True
+        self.reading.set()  # a parked reader wakes up, sees `closed` and ends
         if self._flusher is not None:
             self._flusher.kill(block=False)
         for step in (lambda: self.sock.shutdown(2), self.sock.close):
@@ -210,10 +218,18 @@ def _json_id(value: Any) -> Any:
     return None
 
 
-class PoolSimulator:
+class PoolSimulator(FaultInjection):
     """A btcpool sserver look-alike for BTCAgent connections; see the module docstring.
 
-    `stats` maps (sub_account, worker) to WorkerStats; `statuses` counts every verdict.
+    `stats` maps (sub_account, worker) to WorkerStats; `statuses` counts every verdict. The fault
+    injection actions (refusing connects, resets, a pool that stops reading, forced share statuses)
+    come from `FaultInjection` in faults.py.
+
+    Connection bookkeeping for back-off and failover tests: `connect_times` holds the event-loop time
+    (`gevent.get_hub().loop.now()`, the clock the tests' waits use) of every accepted connection,
+    `disconnects` counts accepted connections that ended, whichever side closed them.
+    `recv_buffer_size` sets SO_RCVBUF of the accepted sockets, so that a pool that stops reading
+    (`stop_reading`) makes the agent's writes block after that many bytes rather than megabytes.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, default_difficulty: float = 16384,
@@ -221,9 +237,11 @@ class PoolSimulator:
                  version_mask: int = DEFAULT_VERSION_MASK,
                  sub_accounts: Optional[Collection[str]] = None, job_interval: Optional[float] = None,
                  shuffle_responses: bool = False, on_share: Optional[ShareCallback] = None,
-                 on_notify: Optional[NotifyCallback] = None) -> None:
+                 on_notify: Optional[NotifyCallback] = None,
+                 recv_buffer_size: Optional[int] = None) -> None:
         if not default_difficulty > 0:
             raise ValueError("default_difficulty must be positive")
+        FaultInjection.__init__(self)
         self.host = host
         self.port = port
         self.default_difficulty = default_difficulty
@@ -235,8 +253,11 @@ class PoolSimulator:
         self.shuffle_responses = shuffle_responses
         self.on_share = on_share
         self.on_notify = on_notify
+        self.recv_buffer_size = recv_buffer_size
         self.connections: List[PoolConnection] = []
         self.connections_total = 0
+        self.connect_times: List[float] = []
+        self.disconnects = 0
         self.stats: Dict[Tuple[str, str], WorkerStats] = {}
         self.statuses: Counter[int] = collections.Counter()
         self.events: List[Event] = []
@@ -248,39 +269,69 @@ class PoolSimulator:
         self.height = 800000
         self._prevhash = ""
         self._en1_counter = 0
+        self._running = False
+        self._bound: Optional[Tuple[str, int]] = None
         self._server: Optional[StreamServer] = None
         self._ticker: Optional[gevent.Greenlet] = None
 
     # ---- life cycle ---------------------------------------------------------------------------
 
     def start(self) -> "PoolSimulator":
-        """Listen, make the first job, and start the optional re-send timer."""
-        self._server = StreamServer((self.host, self.port), self._handle)
-        self._server.start()
+        """Listen, make the first job, and start the optional re-send timer.
+
+        After `stop()` this starts again on the same port (`address` does not change), as a pool
+        restarted by its operator does; agents reconnect to where they were.
+        """
+        if self._running:
+            raise RuntimeError("pool simulator already started")
+        self._listen()
+        self._running = True
         self.new_job(clean=True)
         if self.job_interval:
             self._ticker = gevent.spawn(self._resend_loop, self.job_interval)
         log.info("pool simulator listening on %s:%d", *self.address[:2])
         return self
 
+    def _listen(self) -> None:
+        """Open the listening socket (on the port bound before, if any) and accept on it."""
+        host, port = self._bound if self._bound is not None else (self.host, self.port)
+        family, _, _, _, sockaddr = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, 0,
+                                                       socket.AI_PASSIVE)[0]
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            # SO_REUSEADDR: bind again while connections accepted on the old listener live on
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.recv_buffer_size:  # inherited by accepted sockets; must precede listen()
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.recv_buffer_size)
+            listener.bind(sockaddr)
+            listener.listen(LISTEN_BACKLOG)
+        except OSError:
+            listener.close()
+            raise
+        self._server = StreamServer(listener, self._handle)
+        self._server.start()
+        self._bound = tuple(self._server.address[:2])  # type: ignore[assignment]
+
     @property
     def address(self) -> Tuple[str, int]:
-        """(host, port) actually bound."""
-        if self._server is None:
+        """(host, port) bound; it stays the same across stop()/start() and pause_listening()."""
+        if self._bound is None:
             raise RuntimeError("pool simulator not started")
-        return self._server.address[:2]
+        return self._bound
 
     def stop(self) -> None:
-        """Stop listening and drop every connection and greenlet."""
+        """Stop listening, drop every connection and end every greenlet of the simulator."""
+        self._running = False
         if self._ticker is not None:
             self._ticker.kill()
             self._ticker = None
+        self.kill_fault_tasks()
         if self._server is not None:
             self._server.close()
-        self.close_all()
-        if self._server is not None:
-            self._server.stop(timeout=1)
             self._server = None
+        readers = [c.reader for c in self.connections if c.reader is not None]
+        self.close_all()
+        gevent.joinall(readers, timeout=1)
 
     def close_all(self) -> None:
         """Drop every agent connection (a pool failure, as the agent sees it)."""
@@ -388,28 +439,21 @@ class PoolSimulator:
     # ---- per connection -----------------------------------------------------------------------
 
     def _handle(self, sock: Any, peer: Any) -> None:
+        if not self._running:  # accepted just before stop()
+            sock.close()
+            return
+        self.connect_times.append(gevent.get_hub().loop.now())
         en1 = (self.server_id << 24) | self._en1_counter
         self._en1_counter = (self._en1_counter + 1) & 0xFFFFFF
         conn = PoolConnection(self, sock, peer, en1)
+        conn.reader = gevent.getcurrent()
+        if self.reading_stopped:
+            conn.reading.clear()
         self.connections.append(conn)
         self.connections_total += 1
-        splitter = ex.StreamSplitter(max_line=1 << 20)
         log.debug("%s: connection from %s", conn.extranonce1, peer)
         try:
-            while not conn.closed:
-                data = sock.recv(65536)
-                if not data:
-                    break
-                received = time.time()
-                self.bytes_received += len(data)
-                self.reads += 1
-                for item in splitter.feed(data):
-                    if conn.closed:
-                        break
-                    if isinstance(item, ex.Frame):
-                        self._on_frame(conn, item, received)
-                    else:
-                        self._on_line(conn, item)
+            self._read_loop(conn)
         except ex.ProtocolError as exc:
             log.warning("%s: protocol error, closing: %s", conn.extranonce1, exc)
         except OSError as exc:
@@ -421,7 +465,33 @@ class PoolSimulator:
             conn.close()
             if conn in self.connections:
                 self.connections.remove(conn)
+            self.disconnects += 1
             log.debug("%s: closed (%d miners)", conn.extranonce1, len(conn.workers))
+
+    def _read_loop(self, conn: PoolConnection) -> None:
+        """Read and act on everything the agent sends, parking while the pool stops reading."""
+        splitter = ex.StreamSplitter(max_line=1 << 20)
+        while not conn.closed:
+            if not conn.reading.is_set():
+                conn.reading.wait()  # stop_reading(): what the agent sends stays in the kernel
+                continue
+            data = conn.sock.recv(65536)
+            if not data:
+                break
+            if not conn.reading.is_set():  # stopped while this recv waited: hold the chunk back
+                conn.reading.wait()
+                if conn.closed:
+                    break
+            received = time.time()
+            self.bytes_received += len(data)
+            self.reads += 1
+            for item in splitter.feed(data):
+                if conn.closed:
+                    break
+                if isinstance(item, ex.Frame):
+                    self._on_frame(conn, item, received)
+                else:
+                    self._on_line(conn, item)
 
     def _on_line(self, conn: PoolConnection, line: bytes) -> None:
         try:

@@ -1,0 +1,68 @@
+"""Fault injection for the pool simulator: the pool troubles an agent must survive.
+
+`FaultInjection` is a mixin of `PoolSimulator` (pool.py): the actions a test triggers while the pool
+runs. The handshake faults and hostile first messages are modes, keyword arguments of
+`PoolSimulator.__init__`, because they act inside the handshake handlers.
+
+- refusing connects (`pause_listening` / `resume_listening`): a pool host that is up but whose
+  sserver is down answers every connect with RST (ECONNREFUSED), while sessions already open live on.
+"""
+import logging
+from typing import TYPE_CHECKING, List, Optional, Tuple
+
+import gevent
+from gevent.server import StreamServer
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .pool import PoolConnection
+
+log = logging.getLogger("gagent.sim.pool")
+
+
+class FaultInjection:
+    """Actions that break what the agent sees of the pool; mixed into PoolSimulator."""
+
+    # provided by PoolSimulator
+    connections: List["PoolConnection"]
+    _running: bool
+    _server: Optional[StreamServer]
+
+    def __init__(self) -> None:
+        self._fault_tasks: List[gevent.Greenlet] = []
+        self.reading_stopped = False  # stop_reading() for every connection, new ones included
+
+    def _listen(self) -> None:  # pragma: no cover - PoolSimulator's
+        raise NotImplementedError
+
+    @property
+    def address(self) -> Tuple[str, int]:  # pragma: no cover - PoolSimulator's
+        raise NotImplementedError
+
+    # ---- listening ----------------------------------------------------------------------------
+
+    @property
+    def listening(self) -> bool:
+        """True while new connects are accepted."""
+        return self._server is not None
+
+    def pause_listening(self) -> None:
+        """Close the listening socket: new connects get ECONNREFUSED; open connections stay."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+            log.info("pool simulator stopped listening on %s:%d", *self.address)
+
+    def resume_listening(self) -> None:
+        """Listen again on the same port after `pause_listening()`."""
+        if not self._running:
+            raise RuntimeError("pool simulator not started")
+        if self._server is None:
+            self._listen()
+            log.info("pool simulator listening again on %s:%d", *self.address)
+
+    # ---- life cycle ---------------------------------------------------------------------------
+
+    def kill_fault_tasks(self) -> None:
+        """End every greenlet started by a fault action (stop() calls this)."""
+        tasks, self._fault_tasks = self._fault_tasks, []
+        gevent.killall(tasks, timeout=1)
