@@ -1,13 +1,16 @@
 """The pool simulator, driven by a bare socket client that speaks the real BTCAgent protocol."""
 import json
+import ssl
 import struct
 
+import gevent.ssl
 import pytest
+import trustme
 from gevent import socket
 
 from gagent.protocol import exmessage as ex
 from gagent.protocol import hashing, stratum
-from gagent.sim.pool import PoolSimulator
+from gagent.sim.pool import PoolSimulator, build_parser, server_ssl_context
 
 TINY = 1.0 / 65536
 SID = 0x002A
@@ -16,8 +19,10 @@ SID = 0x002A
 class AgentClient:
     """Handshake lines and ex-message frames over one socket; keeps every JSON message and frame read."""
 
-    def __init__(self, address):
+    def __init__(self, address, tls=None):
         self.sock = socket.create_connection(address, timeout=5)
+        if tls is not None:
+            self.sock = tls.wrap_socket(self.sock, server_hostname=address[0])
         self.splitter = ex.StreamSplitter(1 << 20)
         self.items = []
 
@@ -34,10 +39,13 @@ class AgentClient:
                   + stratum.request_line("caps_again", "agent.get_capabilities", [caps]))
 
     def next(self, timeout=5.0):
-        """The next item (dict for JSON, Frame for ex-messages), or None on close."""
+        """The next item (dict for JSON, Frame for ex-messages), or None on close (FIN or RST)."""
         self.sock.settimeout(timeout)
         while not self.items:
-            data = self.sock.recv(65536)
+            try:
+                data = self.sock.recv(65536)
+            except ConnectionResetError:
+                return None
             if not data:
                 return None
             self.items.extend(json.loads(i) if isinstance(i, bytes) else i for i in self.splitter.feed(data))
@@ -326,3 +334,46 @@ def test_stop_and_start_again_on_the_same_port(pool, connect):
     assert again.notify()["params"][8] is True
     with pytest.raises(RuntimeError):
         pool.start()
+
+
+@pytest.fixture(scope="module")
+def tls_ca():
+    return trustme.CA()
+
+
+def _client_tls(ca) -> ssl.SSLContext:
+    ctx = gevent.ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ca.configure_trust(ctx)
+    return ctx
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("context_from", ["stdlib", "cli"])
+def test_tls_handshake_and_share(tls_ca, tmp_path, context_from):
+    cert = tls_ca.issue_cert("127.0.0.1")
+    if context_from == "stdlib":
+        server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        cert.configure_cert(server_ctx)
+    else:
+        pem = tmp_path / "pool.pem"
+        cert.private_key_and_cert_chain_pem.write_to_path(str(pem))
+        args = build_parser().parse_args(["--tls-cert", str(pem)])
+        server_ctx = server_ssl_context(args.tls_cert, args.tls_key)
+    sim = PoolSimulator(default_difficulty=TINY, ssl_context=server_ctx).start()
+    try:
+        plain = AgentClient(sim.address)  # not TLS: the handshake fails and the pool hangs up
+        plain.handshake()
+        assert _closed(plain)
+        plain.close()
+        client = AgentClient(sim.address, tls=_client_tls(tls_ca))
+        client.handshake()
+        params = client.notify()["params"]
+        client.read_until(lambda m: m.get("id") == "caps_again")
+        client.send(ex.encode_register_worker(SID, "cgminer", "tls"))
+        nonce = find_share(sim.authorized[0].extranonce1, params, TINY)
+        client.send(ex.encode_submit_share(int(params[0]), SID, 0xBEEF, nonce))
+        assert client.response() == (0, stratum.ACCEPT)
+        client.close()
+        assert sim.wait_for(lambda: sim.disconnects == 2)
+    finally:
+        sim.stop()

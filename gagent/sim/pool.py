@@ -5,12 +5,14 @@ Follows PROTOCOL-SOURCES.md §2.2–§2.4 (handshake), §3 (ex-messages), §4 (s
 connection; shares are hashed synchronously. Nothing here monkey-patches.
 
     python -m gagent.sim.pool --host 127.0.0.1 --port 3334 --difficulty 0.0001 --job-interval 30
+    python -m gagent.sim.pool --port 3335 --tls-cert pool.pem --tls-key pool.key
 """
 import argparse
 import collections
 import logging
 import os
 import random
+import ssl
 import struct
 import time
 from typing import (Any, Callable, Collection, Counter, Dict, Iterable, List, Mapping, NamedTuple,
@@ -19,6 +21,7 @@ from typing import (Any, Callable, Collection, Counter, Dict, Iterable, List, Ma
 import gevent
 import gevent.event
 import gevent.lock
+import gevent.ssl
 import simplejson
 from gevent import socket
 from gevent.server import StreamServer
@@ -46,6 +49,7 @@ JOB_NOT_FOUND = 36
 RESPONSE_BATCH = 4
 RESPONSE_DELAY = 0.005
 LISTEN_BACKLOG = 1024
+TLS_HANDSHAKE_TIMEOUT = 15.0  # sserver's read timeout before authorize
 
 CONNECTED, SUBSCRIBED, AUTHORIZED = "connected", "subscribed", "authorized"
 
@@ -228,6 +232,9 @@ class PoolSimulator(FaultInjection):
     Connection bookkeeping for back-off and failover tests: `connect_times` holds the event-loop time
     (`gevent.get_hub().loop.now()`, the clock the tests' waits use) of every accepted connection,
     `disconnects` counts accepted connections that ended, whichever side closed them.
+    `ssl_context` (a server-side `ssl.SSLContext`; a gevent.ssl one or the standard library's) makes
+    every accepted connection TLS, as a pool behind a TLS terminator is; the TLS handshake runs in
+    the connection's greenlet, and a client that fails it is just disconnected.
     `recv_buffer_size` sets SO_RCVBUF of the accepted sockets, so that a pool that stops reading
     (`stop_reading`) makes the agent's writes block after that many bytes rather than megabytes.
     """
@@ -238,6 +245,7 @@ class PoolSimulator(FaultInjection):
                  sub_accounts: Optional[Collection[str]] = None, job_interval: Optional[float] = None,
                  shuffle_responses: bool = False, on_share: Optional[ShareCallback] = None,
                  on_notify: Optional[NotifyCallback] = None,
+                 ssl_context: Optional[ssl.SSLContext] = None,
                  recv_buffer_size: Optional[int] = None) -> None:
         if not default_difficulty > 0:
             raise ValueError("default_difficulty must be positive")
@@ -253,6 +261,7 @@ class PoolSimulator(FaultInjection):
         self.shuffle_responses = shuffle_responses
         self.on_share = on_share
         self.on_notify = on_notify
+        self.ssl_context = ssl_context
         self.recv_buffer_size = recv_buffer_size
         self.connections: List[PoolConnection] = []
         self.connections_total = 0
@@ -453,7 +462,11 @@ class PoolSimulator(FaultInjection):
         self.connections_total += 1
         log.debug("%s: connection from %s", conn.extranonce1, peer)
         try:
+            if self.ssl_context is not None:
+                self._start_tls(conn)
             self._read_loop(conn)
+        except ssl.SSLError as exc:
+            log.info("%s: TLS error, closing: %s", conn.extranonce1, exc)
         except ex.ProtocolError as exc:
             log.warning("%s: protocol error, closing: %s", conn.extranonce1, exc)
         except OSError as exc:
@@ -467,6 +480,19 @@ class PoolSimulator(FaultInjection):
                 self.connections.remove(conn)
             self.disconnects += 1
             log.debug("%s: closed (%d miners)", conn.extranonce1, len(conn.workers))
+
+    def _start_tls(self, conn: PoolConnection) -> None:
+        """Replace the connection's socket by a TLS one and run the server-side handshake."""
+        ctx = self.ssl_context
+        if isinstance(ctx, gevent.ssl.SSLContext):
+            tls = ctx.wrap_socket(conn.sock, server_side=True, do_handshake_on_connect=False)
+        else:  # a standard-library context: what gevent's own SSLContext.wrap_socket does with it
+            tls = gevent.ssl.SSLSocket(sock=conn.sock, server_side=True, do_handshake_on_connect=False,
+                                       _context=ctx)
+        conn.sock = tls
+        tls.settimeout(TLS_HANDSHAKE_TIMEOUT)
+        tls.do_handshake()
+        tls.settimeout(None)
 
     def _read_loop(self, conn: PoolConnection) -> None:
         """Read and act on everything the agent sends, parking while the pool stops reading."""
@@ -704,18 +730,32 @@ def build_parser() -> argparse.ArgumentParser:
                         help="allowed sub-account (repeatable; default: any non-empty)")
     parser.add_argument("--shuffle-responses", action="store_true", help="send SUBMIT_RESPONSEs out of order")
     parser.add_argument("--report-every", type=float, default=5.0, help="seconds between count lines")
+    parser.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this PEM certificate (chain)")
+    parser.add_argument("--tls-key", metavar="FILE", help="its PEM private key (default: in --tls-cert)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
 
+def server_ssl_context(cert_file: str, key_file: Optional[str] = None) -> ssl.SSLContext:
+    """A server-side TLS context from PEM files (what --tls-cert/--tls-key build)."""
+    ctx = gevent.ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert_file, key_file)
+    return ctx
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the simulator until interrupted, logging counts every few seconds."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.tls_key and not args.tls_cert:
+        parser.error("--tls-key needs --tls-cert")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx = server_ssl_context(args.tls_cert, args.tls_key) if args.tls_cert else None
     pool = PoolSimulator(host=args.host, port=args.port, default_difficulty=args.difficulty,
                          extranonce2_size=args.extranonce2_size, sub_accounts=args.sub_accounts,
-                         job_interval=args.job_interval or None, shuffle_responses=args.shuffle_responses)
+                         job_interval=args.job_interval or None, shuffle_responses=args.shuffle_responses,
+                         ssl_context=ctx)
     pool.start()
     if args.new_job_interval > 0:
         gevent.spawn(_new_job_loop, pool, args.new_job_interval)
