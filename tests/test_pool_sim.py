@@ -377,3 +377,58 @@ def test_tls_handshake_and_share(tls_ca, tmp_path, context_from):
         assert sim.wait_for(lambda: sim.disconnects == 2)
     finally:
         sim.stop()
+
+
+def _reset_seen(client) -> bool:
+    """Read to the end: True when the pool ended the connection with RST, False for FIN."""
+    client.sock.settimeout(5)
+    while True:
+        try:
+            if not client.sock.recv(65536):
+                return False
+        except ConnectionResetError:
+            return True
+
+
+@pytest.mark.timeout(20)
+def test_reset_and_reset_all_send_rst(pool, connect):
+    first, _ = ready_client(connect, pool)
+    second = connect()
+    second.handshake()
+    second.notify()
+    assert pool.wait_for(lambda: len(pool.authorized) == 2)
+    pool.reset(pool.connections[0])
+    assert _reset_seen(first)
+    assert pool.wait_for(lambda: pool.disconnects == 1 and len(pool.connections) == 1)
+    pool.reset_all()
+    assert _reset_seen(second)
+    third = connect()
+    third.handshake()
+    third.notify()
+    pool.close_all()
+    assert not _reset_seen(third)  # close_all stays a plain FIN
+    assert pool.wait_for(lambda: pool.disconnects == 3)
+
+
+@pytest.mark.timeout(20)
+def test_close_one_by_one_spaces_the_drops(pool, connect):
+    from gevent import get_hub, spawn
+    clients = [connect() for _ in range(3)]
+    for client in clients:
+        client.handshake()
+        client.notify()
+    assert pool.wait_for(lambda: len(pool.authorized) == 3)
+
+    def closed_at(client):
+        assert _reset_seen(client)
+        return get_hub().loop.now()
+
+    watchers = [spawn(closed_at, c) for c in clients]
+    task = pool.close_one_by_one(0.2)
+    late = connect()  # opened after the call: not part of the shutdown
+    late.handshake()
+    late.notify()
+    task.join(timeout=5)
+    times = sorted(w.get(timeout=5) for w in watchers)
+    assert all(b - a >= 0.15 for a, b in zip(times, times[1:]))
+    assert len(pool.authorized) == 1 and pool.wait_for(lambda: pool.disconnects == 3)

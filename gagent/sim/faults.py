@@ -60,6 +60,40 @@ class FaultInjection:
             self._listen()
             log.info("pool simulator listening again on %s:%d", *self.address)
 
+    # ---- drops --------------------------------------------------------------------------------
+
+    def reset(self, conn: "PoolConnection") -> None:
+        """Abort one connection with a TCP RST (SO_LINGER {1, 0}, then close)."""
+        conn.close(rst=True)
+
+    def reset_all(self) -> None:
+        """Abort every open connection with a TCP RST."""
+        for conn in list(self.connections):
+            conn.close(rst=True)
+
+    def close_one_by_one(self, interval: float, rst: bool = True) -> gevent.Greenlet:
+        """Close the connections open now one at a time, `interval` seconds apart, in a greenlet.
+
+        btcpool's graceful shutdown (`shutdown_grace_period`) aborts with RST, hence the default.
+        Connections opened afterwards are left alone: call `pause_listening()` first for a pool
+        that is going away. Returns the greenlet (join it to wait for the last close).
+        """
+        targets = list(self.connections)
+
+        def run() -> None:
+            first = True
+            for conn in targets:
+                if conn.closed:
+                    continue
+                if not first:
+                    gevent.sleep(interval)
+                first = False
+                conn.close(rst=rst)
+
+        task = gevent.spawn(run)
+        self._fault_tasks.append(task)
+        return task
+
     # ---- life cycle ---------------------------------------------------------------------------
 
     def kill_fault_tasks(self) -> None:

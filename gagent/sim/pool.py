@@ -169,15 +169,22 @@ class PoolConnection:
             self.close()
             return False
 
-    def close(self) -> None:
-        """Drop the connection (the reader greenlet then ends)."""
+    def close(self, rst: bool = False) -> None:
+        """Drop the connection (the reader greenlet then ends): FIN, or with `rst` an abort (RST,
+        SO_LINGER {1, 0}), as btcpool drops sessions at shutdown."""
         if self.closed:
             return
         self.closed = True
         self.reading.set()  # a parked reader wakes up, sees `closed` and ends
         if self._flusher is not None:
             self._flusher.kill(block=False)
-        for step in (lambda: self.sock.shutdown(2), self.sock.close):
+        steps: List[Callable[[], Any]] = [self.sock.close]
+        if rst:
+            steps.insert(0, lambda: self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                                         struct.pack("ii", 1, 0)))
+        else:
+            steps.insert(0, lambda: self.sock.shutdown(socket.SHUT_RDWR))
+        for step in steps:
             try:
                 step()
             except OSError:
