@@ -432,3 +432,55 @@ def test_close_one_by_one_spaces_the_drops(pool, connect):
     times = sorted(w.get(timeout=5) for w in watchers)
     assert all(b - a >= 0.15 for a, b in zip(times, times[1:]))
     assert len(pool.authorized) == 1 and pool.wait_for(lambda: pool.disconnects == 3)
+
+
+@pytest.mark.timeout(20)
+def test_stop_reading_parks_the_reader_until_writes_block():
+    sim = PoolSimulator(default_difficulty=TINY, recv_buffer_size=4096).start()
+    try:
+        client = AgentClient(sim.address)
+        other = AgentClient(sim.address)
+        for c in (client, other):
+            c.handshake()
+            c.notify()
+            c.read_until(lambda m: m.get("id") == "caps_again")
+        conn, other_conn = sim.connections
+        client.send(ex.encode_register_worker(SID, "cgminer", "w"))
+        other.send(ex.encode_register_worker(SID, "cgminer", "w"))
+        assert sim.wait_for(lambda: len(sim.events) == 2)
+        read_before = sim.bytes_received
+        sim.stop_reading(conn)
+        job = conn.local_jobs[-1].short_id
+        client.send(b"".join(ex.encode_submit_share(job, SID, i, 1) for i in range(3)))
+        other.send(ex.encode_submit_share(job, SID, 9, 1))  # the other connection is still read
+        assert other.response() == (0, stratum.LOW_DIFFICULTY)
+        # fill the buffers with shares of an unregistered session id (cheap for the pool to drop)
+        client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        client.sock.settimeout(0.3)
+        junk = ex.encode_submit_share(job, 0x777, 0, 0) * 1000
+        sent = 0
+        with pytest.raises(socket.timeout):
+            while sent < (8 << 20):
+                sent += client.sock.send(junk)
+        assert sent < (1 << 20)  # the agent's writes block after a few buffers' worth
+        assert conn.shares_received == 0 and sim.shares_received == 1
+        assert sim.bytes_received == read_before + 15
+        sim.resume_reading(conn)
+        assert sim.wait_for(lambda: sim.bytes_received >= read_before + 15 * 4 + sent)
+        assert conn.shares_received == 3 and sim.shares_received == 4
+        client.close()
+        other.close()
+    finally:
+        sim.stop()
+
+
+@pytest.mark.timeout(20)
+def test_stop_reading_everything_includes_new_connections(pool, connect):
+    pool.stop_reading()
+    client = connect()
+    client.handshake()
+    with pytest.raises(socket.timeout):
+        client.next(timeout=0.3)
+    assert pool.connections and pool.connections[0].state == "connected"
+    pool.resume_reading()
+    assert client.notify()["params"][0] == "0"

@@ -94,6 +94,30 @@ class FaultInjection:
         self._fault_tasks.append(task)
         return task
 
+    # ---- reading ------------------------------------------------------------------------------
+
+    def stop_reading(self, conn: Optional["PoolConnection"] = None) -> None:
+        """Stop reading `conn`; None: every connection, including those accepted until
+        `resume_reading()`. A chunk whose recv was already waiting is held back unprocessed."""
+        if conn is None:
+            self.reading_stopped = True
+            targets = list(self.connections)
+        else:
+            targets = [conn]
+        for target in targets:
+            if not target.closed:
+                target.reading.clear()
+
+    def resume_reading(self, conn: Optional["PoolConnection"] = None) -> None:
+        """Read `conn` again; None: every connection, and new ones are read from the start."""
+        if conn is None:
+            self.reading_stopped = False
+            targets = list(self.connections)
+        else:
+            targets = [conn]
+        for target in targets:
+            target.reading.set()
+
     # ---- life cycle ---------------------------------------------------------------------------
 
     def kill_fault_tasks(self) -> None:
