@@ -11,7 +11,7 @@ setup(
     install_requires=["gevent>=21.1", "simplejson>=3.17", "ConfigArgParse>=1.5", "psutil>=5.8",
                       "prometheus-client>=0.16", "python-socks>=2.0"],
     extras_require={"test": ["pytest>=7", "pytest-timeout>=2.1", "hypothesis>=6.0", "trustme>=1.0",
-                            "supervisor>=4.2", "selenium>=4.10"]},
+                            "supervisor>=4.2", "selenium>=4.10", "pproxy>=2.7"]},
     entry_points={"console_scripts": [
         "gagent = gagent.cli:main",
         "gagent-sim = gagent.sim.demo:main",

@@ -1,34 +1,57 @@
-"""Command line entry point: `gagent -c etc/agent_conf.json [-l LOGDIR]`."""
+"""Command line entry point: `gagent -c etc/agent_conf.json [-l LOGDIR]`, `gagent --check-config -c FILE`."""
 import errno
 import logging
 import os
+import re
 import resource
 import signal
 import sys
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
+from urllib.parse import urlsplit, urlunsplit
 
 import gevent
 import gevent.event
+import simplejson
 
 from .config import Config, ConfigError, load_config
+from .logs import LOG_FORMAT, SummaryLogger, setup_logging
 from .server import Agent
+from .status import StatusServer
 
 log = logging.getLogger("gagent")
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+SECRET_KEY = re.compile(r"pass|secret|token|key$", re.IGNORECASE)
+MASK = "***"
 
 
-def setup_logging(config: Config) -> None:
-    """Log to stderr, or to LOGDIR/gagent.log when -l is given."""
-    if config.log_dir and config.log_dir != "stderr":
-        os.makedirs(config.log_dir, exist_ok=True)
-        handler: logging.Handler = logging.FileHandler(os.path.join(config.log_dir, "gagent.log"))
-    else:
-        handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(config.log_level)
+def mask_url(url: str) -> str:
+    """socks5://user:pw@host:1080 -> socks5://user:***@host:1080; anything else unchanged."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url
+    if not password:
+        return url
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parts._replace(netloc="%s:%s@%s" % (user, MASK, hostport)))
+
+
+def effective_settings(config: Config) -> Dict[str, Any]:
+    """Every setting in force, as JSON-friendly values, with secrets masked."""
+    settings: Dict[str, Any] = {}
+    for key, value in sorted(vars(config).items()):
+        if key == "check_config":
+            continue
+        if key == "pools":
+            value = [list(pool) for pool in value]
+        elif key == "proxy":
+            value = [mask_url(url) for url in value]
+        elif SECRET_KEY.search(key) and isinstance(value, str) and value:
+            value = MASK
+        settings[key] = value
+    return settings
 
 
 def raise_file_limit() -> int:
@@ -46,7 +69,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ConfigError as exc:
         print("gagent: configuration error: %s" % exc, file=sys.stderr)
         return 2
-    setup_logging(config)
+    if config.check_config:
+        print(simplejson.dumps(effective_settings(config), indent=2, sort_keys=True))
+        return 0
+    logging_setup = setup_logging(config)
     limit = raise_file_limit()
     if limit < 2 * 1024:
         log.warning("open-file limit is %d: gagent can serve at most about %d miners; raise it "
@@ -61,6 +87,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         else:
             log.error("cannot listen on %s:%d: %s", config.agent_listen_ip, config.agent_listen_port, exc)
         return 1
+    status = start_status_server(agent)
+    summary = SummaryLogger(agent)
+    summary.start()
     stopped = gevent.event.Event()
 
     def request_stop() -> None:
@@ -73,8 +102,32 @@ def main(argv: Optional[List[str]] = None) -> int:
     gevent.signal_handler(signal.SIGTERM, request_stop)
     gevent.signal_handler(signal.SIGINT, request_stop)
     stopped.wait()
+    summary.stop()
+    if status is not None:
+        status.stop()
     agent.stop()
+    log.info("stopped")
+    logging_setup.close()
     return 0
+
+
+def start_status_server(agent: Agent) -> Optional[StatusServer]:
+    """The status listener on `http_listen`, or None when it is off or cannot listen.
+
+    A status port that is taken costs the status page, not the miners: the agent logs an error and
+    keeps mining.
+    """
+    if not agent.config.http_listen:
+        return None
+    status = StatusServer(agent)
+    try:
+        status.start()
+    except OSError as exc:
+        log.error("cannot serve the status page on %s: %s; mining continues without /metrics, "
+                  "/status.json and /healthz (set http_listen to a free address, or \"\" to turn it off)",
+                  agent.config.http_listen, exc.strerror or exc)
+        return None
+    return status
 
 
 if __name__ == "__main__":  # pragma: no cover

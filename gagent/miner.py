@@ -6,7 +6,9 @@ a bounded backlog that a libev write watcher drains from the hub. So a miner tha
 cannot delay anyone else.
 """
 import logging
+import math
 import sys
+import time
 from typing import TYPE_CHECKING, Any, Optional
 
 from gevent import get_hub
@@ -15,12 +17,12 @@ from greenlet import getcurrent, greenlet
 from .protocol import stratum
 from .protocol.stratum import (CLIENT_RECONNECT_LINE, ILLEGAL_PARAMS, JOB_NOT_FOUND_OR_STALE,
                                NOT_SUBSCRIBED, UNAUTHORIZED, DUPLICATE_SUBSCRIBED,
-                               WORKER_NAME_MUST_BE_STRING, error_line, parse_extranonce2,
-                               parse_hex32, result_line, true_line)
+                               WORKER_NAME_MUST_BE_STRING, echoable_id, error_line,
+                               parse_extranonce2, parse_hex32, result_line, true_line)
+from .upstream_api import Upstream
 
 if TYPE_CHECKING:  # pragma: no cover
     from .server import Agent
-    from .upstream import UpstreamSession
 
 log = logging.getLogger("gagent.miner")
 
@@ -29,14 +31,18 @@ RECV_SIZE = 4096
 ASICBOOST_LOSS_THRESHOLD = 100
 _switch = greenlet.switch
 EXTRANONCE2_SIZE = 4
+HASHRATE_WINDOW = 600.0  # seconds: hashrate is accepted difficulty over about the last 10 minutes
+_now = time.time
+_exp = math.exp
 
 
 class MinerSession:
     """State of one miner: subscribe → authorize → attached to an upstream session → submits."""
 
     __slots__ = ("agent", "sock", "peer_ip", "session_id", "user_agent", "subscribed",
-                 "worker_name", "upstream", "version_rolling", "asicboost_shares", "_backlog",
-                 "_read_watcher", "_write_watcher", "_greenlet", "closed")
+                 "worker_name", "sub_account", "upstream", "version_rolling", "asicboost_shares",
+                 "job_base", "connected_at", "difficulty", "accepted", "rejected", "last_share_at",
+                 "_work", "_backlog", "_read_watcher", "_write_watcher", "_greenlet", "closed")
 
     def __init__(self, agent: "Agent", sock: Any, peer_ip: str, session_id: int) -> None:
         self.agent = agent
@@ -46,9 +52,17 @@ class MinerSession:
         self.user_agent = ""
         self.subscribed = False
         self.worker_name = ""
-        self.upstream: Optional["UpstreamSession"] = None
+        self.sub_account = ""
+        self.upstream: Optional[Upstream] = None
         self.version_rolling = False
         self.asicboost_shares = 0
+        self.job_base = 0  # the upstream's job sequence number when this miner was attached to it
+        self.connected_at = _now()
+        self.difficulty: Optional[float] = None  # the last difficulty sent to the miner
+        self.accepted = 0
+        self.rejected = 0
+        self.last_share_at = 0.0
+        self._work = 0.0  # accepted difficulty, decayed with HASHRATE_WINDOW, as of last_share_at
         self._backlog: Optional[bytearray] = None
         self._read_watcher: Any = None
         self._write_watcher: Any = None
@@ -109,7 +123,7 @@ class MinerSession:
         if not line:
             return
         try:
-            msg = stratum.loads(line)
+            msg = stratum.loads(line, stratum.MAX_CONTAINERS)
         except (ValueError, UnicodeDecodeError):
             self.send(error_line(None, ILLEGAL_PARAMS, "Illegal params: invalid JSON"))
             return
@@ -117,6 +131,9 @@ class MinerSession:
             self.send(error_line(None, ILLEGAL_PARAMS))
             return
         msg_id = msg.get("id")
+        if not echoable_id(msg_id):
+            self.send(error_line(None, ILLEGAL_PARAMS, "Illegal params: id must be a string, an integer or null"))
+            return
         method = msg.get("method")
         params = msg.get("params")
         if params is None:
@@ -142,7 +159,8 @@ class MinerSession:
             self.send(error_line(msg_id, DUPLICATE_SUBSCRIBED))
             return
         self.subscribed = True
-        if params and isinstance(params[0], str):
+        self.agent.subscribed(self)
+        if params and isinstance(params[0], str) and params[0].isascii():
             self.user_agent = sys.intern(params[0][:64])  # one copy per firmware, not per miner
         sid = "%08x" % self.session_id
         self.send(result_line(msg_id, [[["mining.set_difficulty", sid], ["mining.notify", sid]],
@@ -159,15 +177,9 @@ class MinerSession:
             self.send(true_line(msg_id))  # already authorized; a repeated authorize changes nothing
             return
         self.worker_name = self.agent.worker_name_for(params[0], self.peer_ip)
-        upstream = self.agent.choose_upstream(self)
-        if upstream is None:
-            log.warning("miner %s (%s): no pool connection ready, disconnecting it so it can fail over",
-                        self.peer_ip, self.worker_name)
-            self.send(error_line(msg_id, stratum.INTERNAL_ERROR, "No pool connection ready"))
-            self.close()
-            return
         self.send(true_line(msg_id))
-        upstream.attach(self)
+        if not self.closed:  # the answer may have found the socket reset: never attach a closed miner
+            self.agent.place(self)
 
     def on_configure(self, msg_id: Any, params: list) -> None:
         options = params[1] if len(params) > 1 and isinstance(params[1], dict) else {}
@@ -189,29 +201,56 @@ class MinerSession:
             self.send(CLIENT_RECONNECT_LINE)
             return
         if len(params) < 5:
-            self.send(error_line(msg_id, ILLEGAL_PARAMS))
-            return
-        job = params[1]
-        if not (isinstance(job, str) and 0 < len(job) <= 3 and job.isdigit() and int(job) <= 255):
-            self.send(error_line(msg_id, JOB_NOT_FOUND_OR_STALE))
+            self.share_answered(msg_id, ILLEGAL_PARAMS)
             return
         extra_nonce2 = parse_extranonce2(params[2])
         ntime = parse_hex32(params[3])
         nonce = parse_hex32(params[4])
-        version_mask = parse_hex32(params[5]) if len(params) > 5 else 0
+        rolled = len(params) > 5 and params[5] is not None  # a null sixth param means no mask (as btcpool)
+        version_mask = parse_hex32(params[5]) if rolled else 0
         if extra_nonce2 is None or ntime is None or nonce is None or version_mask is None:
-            self.send(error_line(msg_id, ILLEGAL_PARAMS))
+            self.share_answered(msg_id, ILLEGAL_PARAMS)
             return
-        error = upstream.submit(self, msg_id, int(job), extra_nonce2, ntime, nonce, version_mask or None)
+        error = upstream.submit(self, msg_id, params[1], extra_nonce2, ntime, nonce, version_mask or None)
         if error:
-            self.send(error_line(msg_id, error))
-        if len(params) > 5:
+            self.share_answered(msg_id, error)
+        if rolled:
             self.asicboost_shares += 1
         elif self.asicboost_shares > ASICBOOST_LOSS_THRESHOLD and self.agent.config.disconnect_when_lost_asicboost:
             log.info("miner %s (%s) stopped rolling versions; asking it to reconnect",
                      self.peer_ip, self.worker_name)
             self.asicboost_shares = 0
             self.send(CLIENT_RECONNECT_LINE)
+
+    def share_answered(self, msg_id: Any, code: int) -> None:
+        """Answer a share: `true` when `code` is 0, else the error; counted for the status page."""
+        if code:
+            if code in (36, 37):  # the pool's JOB_NOT_FOUND / STALE_SHARE: what miners know as 21
+                code = JOB_NOT_FOUND_OR_STALE
+            self.rejected += 1
+            self.agent.counters.shares_rejected[(self.sub_account, code)] += 1
+            self.send(error_line(msg_id, code))
+            return
+        self.accepted += 1
+        self.agent.counters.shares_accepted[self.sub_account] += 1
+        now = _now()
+        if self.difficulty:
+            self._work = self._work * _exp((self.last_share_at - now) / HASHRATE_WINDOW) + self.difficulty
+        self.last_share_at = now
+        self.send(true_line(msg_id))
+
+    def hashrate(self) -> float:
+        """Hashes per second estimated from the difficulty of accepted shares over ~10 minutes."""
+        if not self._work:
+            return 0.0
+        work = self._work * _exp((self.last_share_at - _now()) / HASHRATE_WINDOW)
+        return work * 4294967296.0 / HASHRATE_WINDOW
+
+    @property
+    def held(self) -> bool:
+        """Waiting for a pool connection (kept connected, no real work)."""
+        upstream = self.upstream
+        return upstream is not None and not upstream.ready
 
     # ---- writing -------------------------------------------------------------------------------
 

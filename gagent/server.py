@@ -1,17 +1,23 @@
-"""The agent: a StreamServer for miners, the upstream connection slots, placement and shutdown."""
+"""The agent: a StreamServer for miners, their pool sets, and a graceful stop."""
 import _socket
 import errno
 import logging
 import resource
+import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from gevent import get_hub
+import gevent
+from gevent import get_hub, socket
 from gevent.event import Event
 from gevent.server import StreamServer
 from greenlet import greenlet
 
-from .config import Config
+from . import tcp
+from .config import Config, PoolEntry
+from .counters import Counters
+from .errors import log_unexpected
 from .miner import MinerSession
+from .poolset import PoolSet
 from .sessionids import SessionIdAllocator
 from .upstream import UpstreamSession
 from .workers import worker_name
@@ -23,6 +29,8 @@ log = logging.getLogger("gagent.server")
 # The kernel caps it at net.core.somaxconn.
 LISTEN_BACKLOG = 4096
 ACCEPT_RETRY_SECONDS = 1.0
+SUBSCRIBE_TIMEOUT_SECONDS = 30.0  # a connection that never subscribes is not a miner
+SWEEP_SECONDS = 5.0
 
 
 class MinerListener(StreamServer):
@@ -46,7 +54,7 @@ class MinerListener(StreamServer):
             return None
         sock = _socket.socket(self.socket.family, self.socket.type, self.socket.proto, fd)
         sock.setblocking(False)
-        sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)  # answers and jobs leave at once
+        tcp.tune_miner_socket(sock)
         return sock, address
 
     def _pause_accepting(self) -> None:
@@ -66,23 +74,42 @@ class MinerListener(StreamServer):
 
 
 class Agent:
-    """Accepts miners, places each on the least-loaded ready upstream session, stops gracefully."""
+    """Accepts miners, hands each authorized one to its pool set, stops gracefully."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.counters = Counters()
+        self.started_at = time.time()
         self.session_ids = SessionIdAllocator()
         self.miners: Dict[int, MinerSession] = {}
-        self.upstreams: List[UpstreamSession] = [
-            UpstreamSession(config, config.pools, slot, on_ready=self._upstream_ready)
-            for slot in range(config.pool_connection_number_per_subaccount)]
+        self.pool_sets: Dict[str, PoolSet] = {}
+        main = PoolSet(config, config.pools[0].sub_account, config.pools, self.counters, self.open_pool_socket)
+        main.on_ready = self._upstream_ready
+        self.pool_sets[main.sub_account] = main
+        self._unsubscribed: Dict[MinerSession, float] = {}
         self._ready = Event()
         self._server: Optional[MinerListener] = None
+        self._sweeper: Optional[gevent.Greenlet] = None
         self._hub = get_hub()
 
     @property
     def address(self) -> Tuple[str, int]:
         """(ip, port) the miner listener is bound to."""
         return self._server.address[:2]
+
+    @property
+    def listening(self) -> bool:
+        """The miner port is accepting connections."""
+        return self._server is not None and self._server.started
+
+    @property
+    def upstreams(self) -> List[UpstreamSession]:
+        """Every pool connection of every pool set."""
+        return [conn for pool_set in self.pool_sets.values() for conn in pool_set.connections]
+
+    def healthy(self) -> bool:
+        """Listening, and at least one pool connection can take miners."""
+        return self.listening and any(pool_set.ready for pool_set in self.pool_sets.values())
 
     @property
     def version_mask(self) -> Optional[int]:
@@ -92,14 +119,19 @@ class Agent:
                 return upstream.version_mask
         return None
 
+    def open_pool_socket(self, pool: PoolEntry) -> Any:
+        """A connected socket to a pool entry."""
+        return socket.create_connection((pool.host, pool.port), timeout=self.config.pool_connection_dial_timeout_seconds)
+
     def start(self) -> None:
         """Bind the miner port (raises OSError if taken) and start connecting to the pools."""
         self._server = MinerListener((self.config.agent_listen_ip, self.config.agent_listen_port),
                                      backlog=LISTEN_BACKLOG, handle=self._handle_miner,
                                      spawn=self._spawn_miner_greenlet)
         self._server.start()
-        for upstream in self.upstreams:
-            upstream.start()
+        for pool_set in self.pool_sets.values():
+            pool_set.start()
+        self._sweeper = gevent.spawn(self._sweep_loop)
         log.info("listening for miners on %s:%d; pools: %s", *self.address,
                  ", ".join("%s:%d (%s)" % pool for pool in self.config.pools))
 
@@ -108,15 +140,21 @@ class Agent:
         return self._ready.wait(timeout)
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop accepting, close every miner and pool connection."""
+        """Stop accepting; close every miner (their UNREGISTERs are queued); write out what is queued
+        for the pools and wait for its acknowledgement (within `timeout`); close the pool connections."""
+        deadline = self._hub.loop.now() + max(0.0, timeout - 1.0)
         if self._server is not None:
             self._server.close()
-        for miner in list(self.miners.values()):
+        if self._sweeper is not None:
+            self._sweeper.kill(block=False)
+        for count, miner in enumerate(list(self.miners.values()), 1):
             miner.close()
-        for upstream in self.upstreams:
-            upstream.stop()
+            if not count % 1024:
+                gevent.sleep(0)
+        gevent.joinall([gevent.spawn(pool_set.stop, deadline) for pool_set in self.pool_sets.values()],
+                       timeout=timeout)
         if self._server is not None:
-            self._server.stop(timeout=timeout)
+            self._server.stop(timeout=1.0)
 
     # ---- miners --------------------------------------------------------------------------------
 
@@ -136,15 +174,22 @@ class Agent:
             return
         miner = MinerSession(self, client_socket, address[0], session_id)
         self.miners[session_id] = miner
+        self._unsubscribed[miner] = self._hub.loop.now()
         try:
             miner.run()
-        except Exception:  # a bug must cost one miner, never the agent
-            log.exception("miner %s: unexpected error", address[0])
+        except Exception as exc:  # a bug must cost one miner, never the agent
+            log_unexpected(log, "miner %s" % address[0], exc)
             miner.close()
 
+    def subscribed(self, miner: MinerSession) -> None:
+        """The miner subscribed: it is a miner, not an idle socket."""
+        self._unsubscribed.pop(miner, None)
+
     def forget(self, miner: MinerSession) -> None:
-        """A miner left: free its session id."""
-        if self.miners.pop(miner.session_id, None) is not None:
+        """A miner left: free its session id (its UNREGISTER, if any, is already queued)."""
+        self._unsubscribed.pop(miner, None)
+        if self.miners.get(miner.session_id) is miner:
+            del self.miners[miner.session_id]
             self.session_ids.free(miner.session_id)
 
     def worker_name_for(self, login: str, peer_ip: str) -> str:
@@ -152,10 +197,25 @@ class Agent:
         return worker_name(login, peer_ip, config.fixed_worker_name, config.use_ip_as_worker_name,
                            config.ip_worker_name_format)
 
-    def choose_upstream(self, miner: MinerSession) -> Optional[UpstreamSession]:
-        """The ready upstream session with the fewest miners, or None."""
-        ready = [u for u in self.upstreams if u.ready]
-        return min(ready, key=lambda u: u.miner_count) if ready else None
+    def pool_set_for(self, miner: MinerSession) -> PoolSet:
+        """The pool set serving this miner's sub-account."""
+        return next(iter(self.pool_sets.values()))
+
+    def place(self, miner: MinerSession) -> None:
+        """An authorized miner gets work: attached to a ready connection, or held until one is."""
+        self.pool_set_for(miner).place(miner)
 
     def _upstream_ready(self, upstream: UpstreamSession) -> None:
         self._ready.set()
+
+    def _sweep_loop(self) -> None:
+        """Close connections that never subscribed within SUBSCRIBE_TIMEOUT_SECONDS."""
+        while True:
+            gevent.sleep(SWEEP_SECONDS)
+            cutoff = self._hub.loop.now() - SUBSCRIBE_TIMEOUT_SECONDS
+            idle = [miner for miner, since in self._unsubscribed.items() if since < cutoff]
+            if idle:
+                log.info("closing %d connections that did not subscribe within %.0f s", len(idle),
+                         SUBSCRIBE_TIMEOUT_SECONDS)
+            for miner in idle:
+                miner.close()

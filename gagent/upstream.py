@@ -1,40 +1,51 @@
-"""One pool connection (upstream session) speaking the BTCAgent protocol.
+"""One pool connection slot (upstream session) speaking the BTCAgent protocol.
 
-A reader greenlet owns the socket's input: handshake answers, jobs, difficulty and share answers,
-each turned into bytes for the attached miners in the order the pool sent them. A writer greenlet
-drains the session's queue (REGISTER/UNREGISTER/SUBMIT frames from miner greenlets) and sends
-whatever accumulated within `upstream_flush_delay_ms` in one `sendall`.
+A reader greenlet owns the connection: it dials, handshakes, and turns the pool's jobs, difficulty
+and share answers into bytes for the attached miners in the order the pool sent them. A writer
+greenlet sends what miners queued (REGISTER/UNREGISTER/SUBMIT frames) once the flush window has
+passed or a full segment is waiting. Without `subres`, a share is answered `true` only once the
+pool's TCP stack has acknowledged its bytes, so a dying path cannot swallow shares behind a `true`.
 
-The interface miners use — attach, detach, submit, send_version_mask, ready, miner_count —
-is all another kind of upstream (a plain stratum pool, a fake-job session) must offer.
+The slot belongs to a pool set (`poolset.PoolSet`), which it tells when it becomes ready and which
+takes its miners when the connection is lost; the slot itself never disconnects a miner.
 """
 import logging
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any, Deque, Dict, List, Optional, Tuple
 
 import gevent
 from gevent import socket
-from gevent.queue import Queue
+from gevent.event import Event
 
-from . import __version__
+from . import __version__, tcp
 from .config import Config, PoolEntry
+from .counters import Counters
+from .errors import log_unexpected
 from .protocol import stratum
 from .protocol.exmessage import (CMD_MINING_SET_DIFF, CMD_SUBMIT_RESPONSE, Frame, ProtocolError,
                                  StreamSplitter, decode_mining_set_diff, decode_submit_response,
                                  encode_register_worker, encode_submit_share, encode_unregister_worker)
-from .protocol.jobs import JobError, agent_notify
-from .protocol.stratum import true_line
+from .protocol.jobs import AgentJob, JobError, agent_notify
+from .protocol.stratum import JOB_NOT_FOUND_OR_STALE, parse_short_job_id
+from .upstream_api import QUEUED
 
 if TYPE_CHECKING:  # pragma: no cover
     from .miner import MinerSession
+    from .poolset import PoolSet
 
 log = logging.getLogger("gagent.upstream")
 
 USER_AGENT = "btccom-agent/%s-gagent" % __version__
 POOL_MAX_LINE = 4 << 20
+POOL_MAX_CONTAINERS = 64      # a notify with its merkle branches has 3
 RECV_SIZE = 65536
-RETRY_DELAY = 5.0
-FAN_OUT_BATCH = 256  # miners served between yields to the hub during a job fan-out
-INTERNAL_ERROR = stratum.INTERNAL_ERROR
+FAN_OUT_BATCH = 256           # miners served between yields to the hub during a job fan-out
+STABLE_SECONDS = 5.0          # ready for less than this, then lost: a failed attempt, not a served one
+FULL_SEGMENT = 1400           # queued frames this large leave at once, whatever the flush window
+MAX_UNSENT_BYTES = 4 << 20    # the pool stopped taking bytes: past this the connection is broken
+ACK_POLL_SECONDS = 0.005      # how often answers waiting for the pool's TCP acknowledgement are checked
+MAX_DIFF_EXP = 64             # MINING_SET_DIFF beyond 2^64 is not a difficulty
 
 
 class PoolRefused(Exception):
@@ -46,34 +57,64 @@ class Reconnect(Exception):
 
 
 class UpstreamSession:
-    """One upstream connection slot: connects, walks the pool list on failure, serves its miners."""
+    """One upstream connection slot: dials the pools in order with back-off, serves its miners.
 
-    def __init__(self, config: Config, pools: List[PoolEntry], slot: int, on_ready: Any = None) -> None:
+    `state` is one of "connecting", "handshake", "ready", "backoff", "stopped".
+    """
+
+    def __init__(self, config: Config, pools: List[PoolEntry], slot: int, owner: "PoolSet",
+                 counters: Counters, probe: bool = False) -> None:
         self.config = config
         self.pools = pools
         self.slot = slot
-        self.on_ready = on_ready
+        self.owner = owner
+        self.counters = counters
+        self.probe = probe  # a failback attempt: tries the first pool once, never retries
         self.miners: Dict[int, "MinerSession"] = {}
         self.ready = False
+        self.state = "connecting"
+        self.state_since = time.time()
         self.pool: Optional[PoolEntry] = None
+        self.pool_index = 0
         self.extranonce1 = ""
         self.difficulty: Optional[float] = None
         self.version_mask: Optional[int] = None
         self.pool_capabilities: Tuple[str, ...] = ()
         self.answers_shares = False
+        self.last_job: Optional[AgentJob] = None
+        self.bytes_sent = self.bytes_received = self.frames_sent = self.frames_received = 0
         self._subres_wanted = config.submit_response_from_server
-        self._job_line_clean: Optional[bytes] = None
         self._job_ntimes: List[Optional[int]] = [None] * 256
+        self._job_seq: List[int] = [0] * 256  # sequence number each short id was last issued at
+        self._seq = 0                          # jobs seen on this slot, never reset
         self._submit_index = 0
-        self._pending: Dict[int, Tuple["MinerSession", Any]] = {}
-        self._queue: Queue = Queue()
+        self._pending: Dict[int, Tuple["MinerSession", Any]] = {}  # subres index -> (miner, id)
+        self._out = bytearray()                # frames waiting for the writer
+        self._queued = 0                       # bytes ever queued on this connection
+        self._written = 0                      # bytes ever written on this connection
+        self._awaiting: Deque[Tuple[int, "MinerSession", Any]] = deque()  # (queued end, miner, id)
+        self._batches: Deque[Tuple[int, int]] = deque()  # (written end, stream_end) of writes with shares
+        self._wake = Event()
+        self._full = Event()
         self._sock: Any = None
+        self._ready_at = 0.0
         self._greenlet: Optional[gevent.Greenlet] = None
         self._writer: Optional[gevent.Greenlet] = None
         self._stopping = False
         self._unknown_methods: set = set()
+        self._reported: set = set()
 
-    # ---- interface used by miners --------------------------------------------------------------
+    def __repr__(self) -> str:
+        where = "%s:%d" % (self.pool.host, self.pool.port) if self.pool else "-"
+        return "<UpstreamSession slot %d %s %s>" % (self.slot, where, self.state)
+
+    @property
+    def name(self) -> str:
+        """How log lines name this connection."""
+        kind = "failback probe" if self.probe else "slot"
+        return "%s %d (%s)" % (kind, self.slot, self.owner.sub_account)
+
+    # ---- interface used by miners (upstream_api.Upstream) -------------------------------------
 
     @property
     def miner_count(self) -> int:
@@ -81,39 +122,52 @@ class UpstreamSession:
 
     def attach(self, miner: "MinerSession") -> None:
         """Register the miner upstream and give it version mask, difficulty and the job (clean)."""
+        if miner.closed:
+            return  # a miner that left while being placed must never be registered
         self.miners[miner.session_id] = miner
         miner.upstream = self
-        self._queue.put(encode_register_worker(miner.session_id, miner.user_agent, miner.worker_name))
+        job = self.last_job
+        miner.job_base = self._seq if job is not None else self._seq + 1
+        self._queue_frame(encode_register_worker(miner.session_id, miner.user_agent, miner.worker_name))
         self.send_version_mask(miner)
         if self.difficulty is not None:
+            miner.difficulty = self.difficulty
             miner.send(stratum.set_difficulty_line(self.difficulty))
-        if self._job_line_clean is not None:
-            miner.send(self._job_line_clean)
+        if job is not None:
+            miner.send(job.line_clean)
 
     def detach(self, miner: "MinerSession") -> None:
-        """Unregister the miner upstream."""
+        """Unregister the miner upstream (queued before its session id can be handed out again)."""
         if self.miners.pop(miner.session_id, None) is not None and self.ready:
-            self._queue.put(encode_unregister_worker(miner.session_id))
-        miner.upstream = None
+            self._queue_frame(encode_unregister_worker(miner.session_id))
+        if miner.upstream is self:
+            miner.upstream = None
 
-    def submit(self, miner: "MinerSession", msg_id: Any, job_id: int, extra_nonce2: int, ntime: int,
+    def submit(self, miner: "MinerSession", msg_id: Any, job_id: Any, extra_nonce2: int, ntime: int,
                nonce: int, version_mask: Optional[int]) -> int:
-        """Queue a share; 0 when queued, else the stratum error code to answer."""
+        """Queue a share; QUEUED, or the stratum error code to answer at once.
+
+        A job id this miner was never sent on this connection (a job of a connection it was moved
+        from) cannot be valid here: such shares get 21 instead of a frame the pool would reject.
+        """
         if not self.ready:
-            return INTERNAL_ERROR
-        job_ntime = self._job_ntimes[job_id]
-        if job_ntime is None:
-            return stratum.JOB_NOT_FOUND_OR_STALE
-        frame = encode_submit_share(job_id, miner.session_id, extra_nonce2, nonce,
+            self.counters.shares_refused_upstream_lost += 1
+            return JOB_NOT_FOUND_OR_STALE
+        short_id = parse_short_job_id(job_id)
+        if short_id is None or self._job_seq[short_id] < miner.job_base:
+            return JOB_NOT_FOUND_OR_STALE
+        job_ntime = self._job_ntimes[short_id]
+        frame = encode_submit_share(short_id, miner.session_id, extra_nonce2, nonce,
                                     None if ntime == job_ntime else ntime, version_mask)
         if self.answers_shares:
             index = self._submit_index
             self._pending[index] = (miner, msg_id)
             self._submit_index = (index + 1) & 0xFFFF
-            self._queue.put(frame)
+            self._queue_frame(frame)
         else:
-            self._queue.put((frame, miner, msg_id))  # answered by the writer once written
-        return 0
+            self._queue_frame(frame)
+            self._awaiting.append((self._queued, miner, msg_id))  # answered once the pool acked it
+        return QUEUED
 
     def send_version_mask(self, miner: "MinerSession") -> None:
         """Tell a version-rolling miner the pool's mask (00000000 if the pool cannot take rolled shares)."""
@@ -127,60 +181,118 @@ class UpstreamSession:
         self._greenlet = gevent.spawn(self._run)
 
     def stop(self) -> None:
-        """Close the connection for good (no reconnect); attached miners are disconnected."""
+        """Close the connection for good (no reconnect); attached miners are handed to the pool set."""
         self._stopping = True
-        if self._greenlet is not None:
+        if self._greenlet is not None and self._greenlet is not gevent.getcurrent():
             self._greenlet.kill(block=False)
-        self._close_connection("agent stopping")
+        self._close_connection("stopped")
+        self._set_state("stopped")
+
+    def drain(self, deadline: float) -> None:
+        """Graceful stop: write out what is queued and wait for the pool's acknowledgement until
+        `deadline` (loop time), then close for good."""
+        self._stopping = True
+        loop = gevent.get_hub().loop
+        while self.ready and (self._out or self._awaiting) and loop.now() < deadline:
+            self._wake.set()
+            gevent.sleep(ACK_POLL_SECONDS)
+        self.stop()
+
+    def _set_state(self, state: str) -> None:
+        if state != self.state:
+            self.state = state
+            self.state_since = time.time()
 
     def _run(self) -> None:
-        """Connect to the first pool that accepts us; on loss, start again from the first pool.
+        """Dial the pools in order until one serves us; on loss start again from the first pool.
 
-        A connection that was serving is re-established at once; only a pass over the whole pool
-        list that got nowhere waits RETRY_DELAY before the next.
+        A connection that served for STABLE_SECONDS redials at once. A failed attempt (refused,
+        handshake error, or lost within STABLE_SECONDS of becoming ready) moves on to the next pool;
+        after a pass over the whole list, wait a capped, jittered, growing delay (per slot).
         """
+        backoff = self.owner.new_backoff()
+        index = 0
         while not self._stopping:
-            served = False
-            for pool in self.pools:
-                if self._stopping:
-                    return
-                try:
-                    self._serve(pool)
-                except Reconnect:
-                    log.info("slot %d: pool %s:%d asked us to reconnect", self.slot, pool.host, pool.port)
-                except PoolRefused as exc:
-                    log.error("slot %d: pool %s:%d refused: %s", self.slot, pool.host, pool.port, exc)
-                except (OSError, ProtocolError) as exc:
-                    log.warning("slot %d: pool %s:%d: %s", self.slot, pool.host, pool.port,
-                                _describe_error(exc))
-                except Exception:  # a bug must cost one connection, never the slot
-                    log.exception("slot %d: unexpected error with pool %s:%d", self.slot, pool.host, pool.port)
-                finally:
-                    served = self.ready or served
-                    self._close_connection("connection to %s:%d lost" % (pool.host, pool.port))
-                if served:
-                    break
-            if not served and not self._stopping:
-                gevent.sleep(RETRY_DELAY)
+            pool = self.pools[0] if self.probe else self.pools[index]
+            self.pool_index = 0 if self.probe else index
+            reason = self._attempt(pool)
+            if self._stopping:
+                return
+            served = self._ready_at and time.time() - self._ready_at >= STABLE_SECONDS
+            was_ready, self._ready_at = bool(self._ready_at), 0.0
+            if served:
+                backoff.reset()
+                self.counters.upstream_reconnects += 1
+                log.warning("%s: connection to %s:%d lost (%s); reconnecting now", self.name, pool.host,
+                            pool.port, reason)
+                index = 0
+                continue
+            if self.probe and not was_ready:
+                log.info("%s: first pool %s:%d still unavailable (%s); staying on the backup", self.name,
+                         pool.host, pool.port, reason)
+                self.owner.probe_failed(self)
+                return
+            if self.probe:
+                self.probe = False  # it served, briefly: from now on an ordinary slot
+            index = (index + 1) % len(self.pools)
+            if index == 0:
+                delay = backoff.next_delay()
+                next_pool = self.pools[0]
+                self._set_state("backoff")
+                log.warning("%s: pool %s:%d: %s; no pool available, next try %s:%d in %.1f s", self.name,
+                            pool.host, pool.port, reason, next_pool.host, next_pool.port, delay)
+                gevent.sleep(delay)
+            else:
+                next_pool = self.pools[index]
+                log.warning("%s: pool %s:%d: %s; trying %s:%d", self.name, pool.host, pool.port, reason,
+                            next_pool.host, next_pool.port)
+
+    def _attempt(self, pool: PoolEntry) -> str:
+        """One connection to `pool` from dial to loss; returns why it ended."""
+        try:
+            self._serve(pool)
+        except Reconnect:
+            return "the pool asked us to reconnect"
+        except PoolRefused as exc:
+            return "refused: %s" % exc
+        except (OSError, ProtocolError) as exc:
+            return _describe_error(exc)
+        except gevent.GreenletExit:
+            raise
+        except Exception as exc:  # a bug must cost one connection, never the slot
+            log_unexpected(log, "%s with pool %s:%d" % (self.name, pool.host, pool.port), exc)
+            return "internal error (%s)" % type(exc).__name__
+        finally:
+            self._close_connection("connection to %s:%d lost" % (pool.host, pool.port))
+        return "closed"
 
     def _serve(self, pool: PoolEntry) -> None:
         config = self.config
         self.pool = pool
-        sock = socket.create_connection((pool.host, pool.port), timeout=config.pool_connection_dial_timeout_seconds)
+        self._set_state("connecting")
+        sock = self.owner.open_socket(pool)
         self._sock = sock
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        tcp.tune_pool_socket(sock)
+        self._set_state("handshake")
         sock.settimeout(config.pool_connection_dial_timeout_seconds)
         sock.sendall(self._handshake(pool.sub_account))
         splitter = StreamSplitter(max_line=POOL_MAX_LINE)
+        writer = None
         while True:
             data = sock.recv(RECV_SIZE)
             if not data:
                 raise OSError("pool closed the connection")
+            self.bytes_received += len(data)
             for item in splitter.feed(data):
                 if type(item) is Frame:
+                    self.frames_received += 1
                     self._on_frame(item)
                 else:
                     self._on_line(item)
+            if writer is None and self._writer is not None:
+                writer = self._writer
+            if writer is not None and writer.dead:
+                raise OSError("writing to the pool failed")
 
     def _handshake(self, sub_account: str) -> bytes:
         caps = ["verrol", "subres"] if self._subres_wanted else ["verrol"]
@@ -195,86 +307,154 @@ class UpstreamSession:
 
     def _become_ready(self) -> None:
         self.ready = True
+        self._ready_at = time.time()
+        self._set_state("ready")
         self._sock.settimeout(self.config.pool_connection_read_timeout_seconds)
         self._writer = gevent.spawn(self._write_loop, self._sock)
-        log.info("slot %d: authorized at %s:%d as %s (extranonce1 %s)", self.slot, self.pool.host,
+        log.info("%s: authorized at %s:%d as %s (extranonce1 %s)", self.name, self.pool.host,
                  self.pool.port, self.pool.sub_account, self.extranonce1)
-        if self.on_ready is not None:
-            self.on_ready(self)
+        self.owner.connection_ready(self)
 
     def _close_connection(self, reason: str) -> None:
+        """Forget the connection; unanswered shares get an error, miners go back to the pool set."""
         self.ready = False
         if self._writer is not None:
-            self._writer.kill(block=False)
+            if self._writer is not gevent.getcurrent():
+                self._writer.kill(block=False)
             self._writer = None
         if self._sock is not None:
             self._sock.close()
             self._sock = None
-        unsent, self._queue = self._queue, Queue()
-        _refuse_shares(unsent.queue)
+        if not self._stopping:
+            self._set_state("connecting")
+        self._out = bytearray()
+        self._queued = self._written = 0
+        self._batches.clear()
+        awaiting, self._awaiting = self._awaiting, deque()
+        pending, self._pending = self._pending, {}
+        refused = len(awaiting) + len(pending)
+        if refused:
+            self.counters.shares_refused_upstream_lost += refused
+            log.warning("%s: %s; %d shares not acknowledged by the pool are answered with an error",
+                        self.name, reason, refused)
+        for _, miner, msg_id in awaiting:
+            miner.share_answered(msg_id, stratum.INTERNAL_ERROR)
+        for miner, msg_id in pending.values():
+            miner.share_answered(msg_id, stratum.INTERNAL_ERROR)
         self.difficulty = None
         self.version_mask = None
+        self.pool_capabilities = ()
         self.answers_shares = False
-        self._job_line_clean = None
+        self.extranonce1 = ""
+        self.last_job = None
         self._job_ntimes = [None] * 256
+        self._job_seq = [0] * 256
         self._submit_index = 0
-        pending, self._pending = self._pending, {}
-        for miner, msg_id in pending.values():
-            miner.send(stratum.error_line(msg_id, INTERNAL_ERROR, "Pool connection lost before the share was answered"))
         miners = list(self.miners.values())
         self.miners.clear()
-        if miners:
-            log.warning("slot %d: %s; disconnecting its %d miners", self.slot, reason, len(miners))
         for miner in miners:
             miner.upstream = None
-            miner.close()
+        if miners:
+            self.owner.connection_lost(self, miners, reason)
 
     # ---- writing -------------------------------------------------------------------------------
 
-    def _write_loop(self, sock: Any) -> None:
-        """Send queued frames; frames arriving within the flush delay leave in one write.
+    def _queue_frame(self, frame: bytes) -> None:
+        out = self._out
+        out += frame
+        self._queued += len(frame)
+        self.frames_sent += 1
+        if not self._wake.is_set():
+            self._wake.set()
+        if len(out) >= FULL_SEGMENT:
+            self._full.set()
+            if len(out) > MAX_UNSENT_BYTES and self._sock is not None:
+                log.warning("%s: the pool has not taken %d bytes; declaring the connection broken",
+                            self.name, len(out))
+                self._sock.close()  # the reader sees it and hands the miners to the pool set
 
-        Queue items are control frames (bytes) or shares as (frame, miner, msg_id); a share is
-        answered `true` only once written, and with an error if it never can be.
-        """
-        queue = self._queue
+    def _write_loop(self, sock: Any) -> None:
+        """Send queued frames once the flush window has passed or a full segment is waiting, and
+        answer shares as the pool acknowledges them. Any failure closes the socket: the reader
+        then ends the connection, so the session is never left half alive."""
         delay = self.config.upstream_flush_delay_ms / 1000.0
-        items: List[Any] = []
+        wake, full = self._wake, self._full
         try:
             while True:
-                items = [queue.get()]
-                if delay:
-                    gevent.sleep(delay)
-                while queue.qsize():
-                    items.append(queue.get_nowait())
-                data = b"".join([item if type(item) is bytes else item[0] for item in items])
+                wake.wait(ACK_POLL_SECONDS if self._batches else None)
+                if self._batches:
+                    self._answer_acknowledged(sock)
+                if not self._out:
+                    wake.clear()
+                    continue
+                wake.clear()
+                if delay and len(self._out) < FULL_SEGMENT:
+                    full.wait(delay)
+                full.clear()
+                data, self._out = self._out, bytearray()
                 sock.sendall(data)
-                for item in items:
-                    if type(item) is tuple:
-                        item[1].send(true_line(item[2]))
-                items = []
+                self._written += len(data)
+                self.bytes_sent += len(data)
+                if self._awaiting:
+                    end = tcp.stream_end(sock)
+                    if end is None:  # no way to see acknowledgements here: answer once written
+                        self._answer_up_to(self._written)
+                    else:
+                        self._batches.append((self._written, end))
+                        self._answer_acknowledged(sock)
+        except gevent.GreenletExit:
+            raise
         except OSError as exc:
-            log.warning("slot %d: write to pool failed: %s", self.slot, exc)
-            sock.close()  # the reader sees it and reconnects
-        finally:
-            _refuse_shares(items)
+            log.warning("%s: write to pool failed: %s", self.name, exc)
+        except Exception as exc:
+            log_unexpected(log, "%s writer" % self.name, exc)
+        sock.close()
+
+    def _answer_acknowledged(self, sock: Any) -> None:
+        """Answer `true` to every share in writes the pool's TCP stack has acknowledged."""
+        batches = self._batches
+        if not batches:
+            return
+        acked = tcp.bytes_acked(sock)
+        if acked is None:
+            return
+        written = None
+        while batches and batches[0][1] <= acked:
+            written = batches.popleft()[0]
+        if written is not None:
+            self._answer_up_to(written)
+
+    def _answer_up_to(self, written: int) -> None:
+        awaiting = self._awaiting
+        while awaiting and awaiting[0][0] <= written:
+            _, miner, msg_id = awaiting.popleft()
+            miner.share_answered(msg_id, 0)
 
     # ---- reading -------------------------------------------------------------------------------
 
     def _on_line(self, line: bytes) -> None:
         try:
-            msg = stratum.loads(line)
-        except (ValueError, UnicodeDecodeError):
-            log.warning("slot %d: pool sent a line that is not JSON: %r", self.slot, line[:200])
+            msg = stratum.loads(line, POOL_MAX_CONTAINERS)
+        except (ValueError, UnicodeDecodeError) as exc:
+            self._report("bad-json", "pool sent a line that is not valid JSON (%s): %r" % (exc, line[:200]))
             return
         if not isinstance(msg, dict):
-            log.warning("slot %d: pool sent a JSON value that is not an object: %r", self.slot, line[:200])
+            self._report("not-object", "pool sent a JSON value that is not an object: %r" % line[:200])
             return
         method = msg.get("method")
-        if method:
+        if method is not None:
+            if not isinstance(method, str) or not method.isascii():
+                self._report("bad-method", "pool sent a method that is not a name: %r" % line[:200])
+                return
             self._on_notification(method, msg.get("params"))
         else:
             self._on_reply(msg.get("id"), msg.get("result"), msg.get("error"))
+
+    def _report(self, key: str, text: str) -> None:
+        """Log a peer's bad message once per kind per slot, not once per message."""
+        if key not in self._reported:
+            self._reported.add(key)
+            log.warning("%s: %s (further ones are ignored silently)", self.name, text)
 
     def _on_notification(self, method: str, params: Any) -> None:
         if method == "mining.notify":
@@ -285,52 +465,54 @@ class UpstreamSession:
             self._on_set_version_mask(params)
         elif method == "client.reconnect":
             raise Reconnect()
-        elif method not in self._unknown_methods:
+        elif method not in self._unknown_methods and len(self._unknown_methods) < 32:
             self._unknown_methods.add(method)
-            log.info("slot %d: ignoring pool notification %s", self.slot, method)
+            log.info("%s: ignoring pool notification %.60s", self.name, method)
 
     def _on_reply(self, msg_id: Any, result: Any, error: Any) -> None:
         if msg_id == "sub":
             self._on_subscribe_reply(result, error)
         elif msg_id == "auth":
             if result is not True:
-                raise PoolRefused("sub-account %r not authorized: %s" % (self.pool.sub_account, error or result))
+                raise PoolRefused("sub-account %r not authorized: %.200r" % (self.pool.sub_account, error or result))
             self._become_ready()
-        elif msg_id == "caps" and isinstance(result, dict):
+        elif msg_id in ("caps", "caps_again") and isinstance(result, dict):
             caps = result.get("capabilities")
-            self.pool_capabilities = tuple(c for c in caps if isinstance(c, str)) if isinstance(caps, list) else ()
+            self.pool_capabilities = tuple(c for c in caps if isinstance(c, str))[:16] if isinstance(caps, list) else ()
             self.answers_shares = self._subres_wanted and "subres" in self.pool_capabilities
         elif error and msg_id not in ("conf", "caps", "caps_again"):
-            log.warning("slot %d: pool answered %r with error %r", self.slot, msg_id, error)
+            self._report("error-reply", "pool answered %.40r with error %.200r" % (msg_id, error))
 
     def _on_subscribe_reply(self, result: Any, error: Any) -> None:
         if not (isinstance(result, list) and len(result) >= 3 and isinstance(result[1], str)):
-            raise PoolRefused("unexpected mining.subscribe answer %r (error %r)" % (result, error))
+            raise PoolRefused("unexpected mining.subscribe answer %.200r (error %.200r)" % (result, error))
         extranonce1, extranonce2_size = result[1], result[2]
-        if extranonce2_size != 8 or len(extranonce1) != 8:
-            raise PoolRefused("extranonce1 %r / extranonce2 size %r: the pool is not BTCAgent-compatible "
+        if type(extranonce2_size) is not int or extranonce2_size != 8 or len(extranonce1) != 8:
+            raise PoolRefused("extranonce1 %.40r / extranonce2 size %.40r: the pool is not BTCAgent-compatible "
                               "(it must give 4-byte extranonce1 and 8-byte extranonce2); use a pool "
                               "address that supports the BTCAgent protocol" % (extranonce1, extranonce2_size))
-        try:
-            int(extranonce1, 16)
-        except ValueError:
-            raise PoolRefused("extranonce1 %r is not hex" % extranonce1) from None
+        if not stratum.is_hex(extranonce1, 8):
+            raise PoolRefused("extranonce1 %.40r is not 8 hex digits" % extranonce1)
         self.extranonce1 = extranonce1.lower()
 
     def _on_set_difficulty(self, params: Any) -> None:
         if self.difficulty is not None:
             return  # later JSON values are the pool's decaying session artefact (PROTOCOL.md §1.5)
-        value = params[0] if isinstance(params, list) and params else None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            log.warning("slot %d: ignoring invalid mining.set_difficulty %r", self.slot, params)
-            return
+        value = stratum.parse_difficulty(params[0]) if isinstance(params, list) and params else None
+        if value is None:
+            # Without a starting difficulty the connection cannot serve: fail the attempt (back-off).
+            raise ProtocolError("first mining.set_difficulty %.80r is not a difficulty (0 < d <= 2^64)"
+                                % (params,))
         self.difficulty = value
-        self._fan_out(stratum.set_difficulty_line(value))
+        line = stratum.set_difficulty_line(value)
+        for miner in list(self.miners.values()):
+            miner.difficulty = value
+            miner.send(line)
 
     def _on_set_version_mask(self, params: Any) -> None:
         mask = stratum.parse_hex32(params[0]) if isinstance(params, list) and params else None
         if mask is None:
-            log.warning("slot %d: ignoring invalid mining.set_version_mask %r", self.slot, params)
+            self._report("bad-mask", "ignoring invalid mining.set_version_mask %.80r" % (params,))
             return
         self.version_mask = mask
         for miner in list(self.miners.values()):
@@ -338,16 +520,21 @@ class UpstreamSession:
 
     def _on_notify(self, params: Any) -> None:
         if not self.extranonce1:
-            log.warning("slot %d: mining.notify before subscribe answer ignored", self.slot)
+            self._report("early-notify", "mining.notify before the subscribe answer ignored")
             return
         try:
             job = agent_notify(params, self.extranonce1)
         except JobError as exc:
-            log.warning("slot %d: ignoring malformed mining.notify: %s", self.slot, exc)
+            self._report("bad-notify", "ignoring malformed mining.notify: %s" % exc)
             return
+        self._seq += 1
+        self._job_seq[job.short_id] = self._seq
         self._job_ntimes[job.short_id] = job.ntime
-        self._job_line_clean = job.line_clean
+        self.last_job = job
+        self.owner.job_seen(job)
+        started = time.perf_counter()
         self._fan_out(job.line)
+        self.counters.observe_fanout(time.perf_counter() - started)
 
     def _fan_out(self, line: bytes) -> None:
         """Send one line to every attached miner, yielding now and then so shares keep flowing.
@@ -362,31 +549,26 @@ class UpstreamSession:
     def _on_frame(self, frame: Frame) -> None:
         if frame.cmd == CMD_MINING_SET_DIFF:
             diff_exp, session_ids = decode_mining_set_diff(frame.body)
-            line = stratum.set_difficulty_line(2 ** diff_exp)
+            if diff_exp > MAX_DIFF_EXP:
+                self._report("bad-diff-exp", "ignoring MINING_SET_DIFF to 2^%d" % diff_exp)
+                return
+            difficulty = 2 ** diff_exp
+            line = stratum.set_difficulty_line(difficulty)
             miners = self.miners
             for session_id in session_ids:
                 miner = miners.get(session_id)
                 if miner is not None:
+                    miner.difficulty = difficulty
                     miner.send(line)
         elif frame.cmd == CMD_SUBMIT_RESPONSE:
             index, status = decode_submit_response(frame.body)
             entry = self._pending.pop(index, None)
             if entry is None:
-                log.warning("slot %d: share answer for unknown index %d ignored", self.slot, index)
+                self._report("unknown-index", "share answer for unknown index %d ignored" % index)
                 return
             miner, msg_id = entry
-            if status in stratum.ACCEPTED_STATUSES:
-                miner.send(true_line(msg_id))
-            else:
-                miner.send(stratum.error_line(msg_id, status))
+            miner.share_answered(msg_id, 0 if status in stratum.ACCEPTED_STATUSES else status)
         # other commands are not for agents; ignore them as the pool does
-
-
-def _refuse_shares(items: Any) -> None:
-    """Answer every unwritten share in `items` with an error: it never reached the pool."""
-    for item in items:
-        if type(item) is tuple:
-            item[1].send(stratum.error_line(item[2], INTERNAL_ERROR, "Pool connection lost, share not sent"))
 
 
 def _describe_error(exc: Exception) -> str:

@@ -161,7 +161,7 @@ def test_authorize_before_subscribe_and_duplicate_subscribe(agent, clients):
     (["demo.x", "0", 12, "5a7fba00", "00000001"], 27),
     (["demo.x", "0", "00000001", "xyz", "00000001"], 27),
     (["demo.x", "0", "00000001", "5a7fba00", "123456789"], 27),
-    (["demo.x", "0", "00000001", "5a7fba00", "00000001", None], 27),
+    (["demo.x", "0", "00000001", "5a7fba00", "00000001", "0x1"], 27),
     (["demo.x", "0"], 27),
 ])
 def test_bad_submit_params_get_an_error(pool, agent, clients, params, code):
@@ -242,18 +242,15 @@ def test_pool_with_wrong_extranonce2_size_is_refused(caplog):
         pool.stop()
 
 
-def test_pool_loss_disconnects_miners_and_agent_reconnects(pool, agent, clients):
+def test_pool_loss_keeps_the_miner_and_gives_it_work_on_the_new_connection(pool, agent, clients):
     client = clients()
     client.login("demo.rig1")
     pool.close_all()
-    assert client.read(timeout=5) is None or client.read(timeout=5) is None
-    assert wait_until(lambda: len(pool.authorized) == 1, timeout=10)
-    again = LineClient(agent.address)
-    try:
-        again.login("demo.rig1")
-        assert wait_until(lambda: list(registered(pool.authorized[0]).values()) == ["rig1"])
-    finally:
-        again.close()
+    seen = client.read_until(lambda m: m.get("method") == "mining.notify", timeout=10)
+    assert [m["method"] for m in seen] == ["mining.set_difficulty", "mining.notify"]
+    assert seen[-1]["params"][8] is True  # a clean job from the new connection
+    assert wait_until(lambda: len(pool.authorized) == 1 and list(registered(pool.authorized[0]).values()) == ["rig1"])
+    assert pool.connections_total == 2
 
 
 def test_pool_failover_to_the_next_pool(pool):
@@ -290,9 +287,9 @@ def test_bad_pool_input_never_crashes_the_agent(pool, agent, clients, garbage, r
     client = clients()
     client.login("demo.rig1")
     pool.send_raw_all(garbage)
-    if reconnects:
-        assert client.read() is None  # its miners are let go so they can fail over
+    if reconnects:  # the connection is re-established; its miner is kept and gets the new job
         assert wait_until(lambda: pool.connections_total == 2 and agent.upstreams[0].ready, timeout=10)
+        assert client.read_until(lambda m: m.get("method") == "mining.notify")[-1]["params"][8] is True
     else:
         pool.new_job()
         assert client.read_until(lambda m: m.get("method") == "mining.notify")
@@ -337,33 +334,39 @@ def assert_no_session_left(agent):
     assert not [o for o in gc.get_objects() if isinstance(o, MinerSession)]
 
 
-def test_refused_miners_leave_nothing_behind(pool):
-    """Miners refused because no pool connection is ready must not leave sessions or greenlets."""
+def test_miners_held_past_the_grace_period_are_closed_and_leave_nothing_behind(pool):
+    """Miners that authorized while no pool was reachable are held, then let go after the grace period."""
     from conftest import make_agent
-    agent = make_agent(pool)
+    agent = make_agent(pool, advanced={"upstream_grace_seconds": 1})
     pool.stop()  # nothing listens: no upstream will be ready
     agent.start()
     try:
+        clients = []
         for n in range(30):
             client = LineClient(agent.address)
             client.answer(client.request("mining.subscribe", []))
-            client.request("mining.authorize", ["demo.r%d" % n, "x"])
-            assert client.read()["error"][0] == 30
-            assert client.read() is None
+            assert client.answer(client.request("mining.authorize", ["demo.r%d" % n, "x"]))["result"] is True
+            clients.append(client)
+        for client in clients:
+            assert client.read(timeout=5) is None  # closed once the grace period ran out
             client.close()
+        assert agent.counters.miners_dropped_after_grace == 30
         assert_no_session_left(agent)
     finally:
         agent.stop()
 
 
-def test_miners_dropped_on_pool_loss_leave_nothing_behind(pool, agent):
+def test_miners_dropped_after_a_pool_loss_leave_nothing_behind(agent_factory, pool):
+    agent = agent_factory(advanced={"upstream_grace_seconds": 1})
     clients = [LineClient(agent.address) for _ in range(20)]
     for n, client in enumerate(clients):
         client.login("demo.p%d" % n)
-    pool.close_all()  # the agent closes these miners from its upstream greenlet, not theirs
+    pool.stop()  # the agent closes these miners from its pool set's greenlet, not theirs
     for client in clients:
-        assert client.read() is None
+        while client.read(timeout=5) is not None:  # kept through the grace period, then closed
+            pass
         client.close()
+    assert agent.counters.miners_dropped_after_grace == 20
     assert_no_session_left(agent)
 
 

@@ -1,9 +1,10 @@
-"""Job transforms: a pool's mining.notify as the agent's miners must receive it (PROTOCOL.md §1.2)."""
-from typing import Any, NamedTuple
+"""Job transforms: a pool's mining.notify as the agent's miners must receive it (PROTOCOL.md §1.2),
+and the fake jobs that keep miners busy while no pool is reachable (§3)."""
+from typing import Any, List, NamedTuple
 
-from .stratum import notification_line
+from .stratum import is_hex, notification_line, parse_short_job_id
 
-_HEX = frozenset("0123456789abcdefABCDEF")
+FAKE_JOB_PREFIX = "f"
 
 
 class JobError(ValueError):
@@ -11,15 +12,12 @@ class JobError(ValueError):
 
 
 class AgentJob(NamedTuple):
-    """A job ready to fan out: its short id, ntime, and the notify line (as sent, and clean)."""
+    """A job ready to fan out: its short id, ntime, the notify line (as sent, and clean) and its params."""
     short_id: int
     ntime: int
     line: bytes
     line_clean: bytes
-
-
-def _is_hex(value: Any) -> bool:
-    return isinstance(value, str) and len(value) % 2 == 0 and all(c in _HEX for c in value)
+    params: List[Any]
 
 
 def agent_notify(params: Any, pool_extranonce1: str) -> AgentJob:
@@ -27,16 +25,42 @@ def agent_notify(params: Any, pool_extranonce1: str) -> AgentJob:
     if not isinstance(params, list) or len(params) < 9:
         raise JobError("expected 9 params, got %r" % (params,))
     job_id, prevhash, coinb1, coinb2, branches, version, nbits, ntime = params[:8]
-    if not (isinstance(job_id, str) and job_id.isdigit() and len(job_id) <= 3 and int(job_id) <= 255):
+    short_id = parse_short_job_id(job_id) if isinstance(job_id, str) else None
+    if short_id is None:
         raise JobError("job id %r is not a short id 0-255; is this a BTCAgent pool port?" % (job_id,))
-    if not (_is_hex(coinb1) and _is_hex(coinb2) and _is_hex(prevhash) and len(prevhash) == 64):
+    if not (is_hex(coinb1) and is_hex(coinb2) and is_hex(prevhash, 64)):
         raise JobError("coinbase parts or prevhash are not hex")
-    if not (isinstance(branches, list) and all(_is_hex(b) and len(b) == 64 for b in branches)):
+    if not (isinstance(branches, list) and all(is_hex(b, 64) for b in branches)):
         raise JobError("merkle branches must be a list of 32-byte hex hashes")
     for name, value in (("version", version), ("nbits", nbits), ("ntime", ntime)):
-        if not (isinstance(value, str) and len(value) == 8 and _is_hex(value)):
+        if not is_hex(value, 8):
             raise JobError("%s %r is not 8 hex digits" % (name, value))
     forwarded = [job_id, prevhash, coinb1 + pool_extranonce1, coinb2, branches, version, nbits, ntime]
     line = notification_line("mining.notify", forwarded + [bool(params[8])])
     line_clean = line if params[8] is True else notification_line("mining.notify", forwarded + [True])
-    return AgentJob(int(job_id), int(ntime, 16), line, line_clean)
+    return AgentJob(short_id, int(ntime, 16), line, line_clean, forwarded)
+
+
+# Stand-in work when no pool job was ever seen: valid shapes, worthless work.
+_BLANK_JOB = ["0", "00" * 32, "01000000010000000000000000000000000000000000000000000000000000000000000000"
+              "ffffffff0d03000000", "ffffffff0100000000000000000000000000", [], "20000000", "1d00ffff",
+              "00000000"]
+
+
+def fake_notify(template: Any, sequence: int, now: int) -> bytes:
+    """A clean notify for a fake job: job id `f…`, coinb1 with `now` appended so the work is new.
+
+    Shares on such jobs are answered `true` and never sent upstream; they only keep a miner that
+    would otherwise give up hashing while the pool is unreachable. `template` is a forwarded job's
+    params (AgentJob.params) or None for a blank job.
+    """
+    base = list(template) if template is not None else list(_BLANK_JOB)
+    base[0] = "%s%04x%s" % (FAKE_JOB_PREFIX, sequence & 0xFFFF, base[0])
+    base[2] = base[2] + "%016x" % (now & 0xFFFFFFFFFFFFFFFF)
+    base[7] = "%08x" % (now & 0xFFFFFFFF)
+    return notification_line("mining.notify", base + [True])
+
+
+def is_fake_job_id(job_id: Any) -> bool:
+    """True for the job ids fake_notify makes."""
+    return isinstance(job_id, str) and job_id.startswith(FAKE_JOB_PREFIX)

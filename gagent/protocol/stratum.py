@@ -1,4 +1,10 @@
-"""Stratum v1 message shapes: JSON-RPC lines, error codes, share statuses, field parsing."""
+"""Stratum v1 message shapes: JSON-RPC lines, error codes, share statuses, field parsing.
+
+Everything a peer sends is checked here before it can reach a serializer, a dictionary key or
+arithmetic: JSON without NaN/Infinity or non-finite numbers, bounded nesting, ASCII hex without
+prefixes or signs, request ids that can be echoed back.
+"""
+import math
 import re
 from typing import Any, Optional
 
@@ -36,8 +42,55 @@ _WORKER_NAME_DROP = re.compile(r"[^A-Za-z0-9,=/.\-_:|^]")
 _HEX32 = re.compile(r"[0-9a-fA-F]{1,8}\Z")
 _HEX_EXACT8 = re.compile(r"[0-9a-fA-F]{8}\Z")
 
-_dumps = simplejson.JSONEncoder(separators=(",", ":")).encode
-loads = simplejson.loads
+_HEX_EVEN = re.compile(r"(?:[0-9a-fA-F]{2})*\Z")
+_SHORT_JOB_ID = re.compile(r"[0-9]{1,3}\Z")
+
+MAX_ID_LENGTH = 128
+MAX_CONTAINERS = 32  # '[' and '{' in one miner line: a submit has 2, a configure 4
+MAX_DIFFICULTY = float(2 ** 64)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError("%s is not a JSON number" % name)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("number %s is out of range" % text[:40])
+    return value
+
+
+_dumps = simplejson.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+_decode = simplejson.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float).decode
+
+
+def loads(data: Any, max_containers: Optional[int] = None) -> Any:
+    """Parse one JSON text; NaN, Infinity, 1e400 and (with `max_containers`) deep nesting raise ValueError.
+
+    Counting brackets first is a cheap upper bound on the nesting depth, so a hostile line never
+    reaches the recursive parser.
+    """
+    if isinstance(data, bytes):
+        if max_containers is not None and data.count(b"[") + data.count(b"{") > max_containers:
+            raise ValueError("JSON nested too deeply")
+        data = data.decode("utf-8")
+    elif max_containers is not None and data.count("[") + data.count("{") > max_containers:
+        raise ValueError("JSON nested too deeply")
+    try:
+        return _decode(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def echoable_id(value: Any) -> bool:
+    """True for a JSON-RPC id we can write back: null, a short ASCII string or a 64-bit integer."""
+    if value is None:
+        return True
+    kind = type(value)
+    if kind is int:
+        return -(1 << 63) <= value < (1 << 63)
+    return kind is str and len(value) <= MAX_ID_LENGTH and value.isascii()
 
 
 def status_message(code: int) -> str:
@@ -92,6 +145,37 @@ def parse_hex32(value: Any) -> Optional[int]:
     if isinstance(value, str) and _HEX32.match(value):
         return int(value, 16)
     return None
+
+
+def parse_short_job_id(value: Any) -> Optional[int]:
+    """A BTCAgent short job id 0-255, as a decimal ASCII string or a JSON integer, else None."""
+    if type(value) is str:
+        if _SHORT_JOB_ID.match(value):
+            number = int(value)
+            return number if number <= 255 else None
+        return None
+    if type(value) is int and 0 <= value <= 255:
+        return value
+    return None
+
+
+def parse_difficulty(value: Any) -> Optional[float]:
+    """A pool difficulty: a finite number with 0 < d <= 2^64 (not a bool, not a string), else None."""
+    if type(value) not in (int, float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer literal beyond float range
+        return None
+    if not 0 < number <= MAX_DIFFICULTY:
+        return None
+    return value
+
+
+def is_hex(value: Any, length: Optional[int] = None) -> bool:
+    """An ASCII hex string of whole bytes (and `length` characters when given): no 0x, sign or spaces."""
+    return (isinstance(value, str) and (length is None or len(value) == length)
+            and _HEX_EVEN.match(value) is not None)
 
 
 def parse_extranonce2(value: Any) -> Optional[int]:

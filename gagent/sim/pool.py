@@ -52,6 +52,7 @@ LISTEN_BACKLOG = 1024
 TLS_HANDSHAKE_TIMEOUT = 15.0  # sserver's read timeout before authorize
 
 CONNECTED, SUBSCRIBED, AUTHORIZED = "connected", "subscribed", "authorized"
+AUTO_REGISTERING = "auto_registering"  # authorize answered late (authorize_delay)
 
 ShareCallback = Callable[["PoolConnection", ex.SubmitShare, int, float], None]
 NotifyCallback = Callable[["PoolConnection", int, float], None]
@@ -125,7 +126,7 @@ class PoolConnection:
     __slots__ = ("pool", "sock", "peer", "en1", "extranonce1", "state", "user_agent", "is_agent",
                  "sub_account", "subres", "version_mask", "workers", "diffs", "local_jobs",
                  "next_short_id", "submit_index", "shares_received", "closed", "reader", "reading",
-                 "_write_lock", "_pending", "_flusher")
+                 "authorizer", "_write_lock", "_pending", "_flusher")
 
     def __init__(self, pool: "PoolSimulator", sock: Any, peer: Any, en1: int) -> None:
         self.pool = pool
@@ -149,6 +150,7 @@ class PoolConnection:
         self.reader: Optional[gevent.Greenlet] = None  # the greenlet reading this connection
         self.reading = gevent.event.Event()  # cleared while the pool stops reading (stop_reading)
         self.reading.set()
+        self.authorizer: Optional[gevent.Greenlet] = None  # a delayed authorize answer
         self._write_lock = gevent.lock.Semaphore()
         self._pending: List[bytes] = []
         self._flusher: Optional[gevent.Greenlet] = None
@@ -176,8 +178,9 @@ class PoolConnection:
             return
         self.closed = True
         self.reading.set()  # a parked reader wakes up, sees `closed` and ends
-        if self._flusher is not None:
-            self._flusher.kill(block=False)
+        for task in (self._flusher, self.authorizer):
+            if task is not None and task is not gevent.getcurrent():
+                task.kill(block=False)
         steps: List[Callable[[], Any]] = [self.sock.close]
         if rst:
             steps.insert(0, lambda: self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
@@ -244,6 +247,19 @@ class PoolSimulator(FaultInjection):
     the connection's greenlet, and a client that fails it is just disconnected.
     `recv_buffer_size` sets SO_RCVBUF of the accepted sockets, so that a pool that stops reading
     (`stop_reading`) makes the agent's writes block after that many bytes rather than megabytes.
+
+    Handshake faults (attributes of the same names; change them at any time, they apply to the
+    next handshake step):
+
+    - `authorize_delay`: answer mining.authorize after that many seconds, as btcpool does while it
+      auto-registers a new sub-account (state AUTO_REGISTING). Lines that arrive meanwhile are
+      handled in order: a `caps_again` request is answered but does not enable subres (the
+      session is not authorized yet), a second authorize gets 25 "Not subscribed", ex-messages
+      are dropped.
+    - `close_after_authorize`: answer authorize `true`, then close at once (no difficulty, no job).
+    - `stall_handshake`: read but never answer a JSON line of a connection not yet authorized.
+    - `refuse_sub_accounts`: authorize of these sub-accounts answers 29 "Invalid username", as
+      for names outside the `sub_accounts` allow-list.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, default_difficulty: float = 16384,
@@ -253,7 +269,9 @@ class PoolSimulator(FaultInjection):
                  shuffle_responses: bool = False, on_share: Optional[ShareCallback] = None,
                  on_notify: Optional[NotifyCallback] = None,
                  ssl_context: Optional[ssl.SSLContext] = None,
-                 recv_buffer_size: Optional[int] = None) -> None:
+                 recv_buffer_size: Optional[int] = None, authorize_delay: float = 0,
+                 close_after_authorize: bool = False, stall_handshake: bool = False,
+                 refuse_sub_accounts: Collection[str] = ()) -> None:
         if not default_difficulty > 0:
             raise ValueError("default_difficulty must be positive")
         FaultInjection.__init__(self)
@@ -270,6 +288,10 @@ class PoolSimulator(FaultInjection):
         self.on_notify = on_notify
         self.ssl_context = ssl_context
         self.recv_buffer_size = recv_buffer_size
+        self.authorize_delay = authorize_delay
+        self.close_after_authorize = close_after_authorize
+        self.stall_handshake = stall_handshake
+        self.refuse_sub_accounts = set(refuse_sub_accounts)
         self.connections: List[PoolConnection] = []
         self.connections_total = 0
         self.connect_times: List[float] = []
@@ -535,6 +557,9 @@ class PoolSimulator(FaultInjection):
         if not isinstance(msg, dict):
             log.warning("%s: non-object line ignored: %r", conn.extranonce1, line[:200])
             return
+        if self.stall_handshake and conn.state != AUTHORIZED:
+            log.debug("%s: stalling, line not answered: %r", conn.extranonce1, line[:200])
+            return
         msg_id = _json_id(msg.get("id"))
         method, params = msg.get("method"), msg.get("params")
         if not isinstance(method, str) or not method or not isinstance(params, list):
@@ -599,14 +624,31 @@ class PoolSimulator(FaultInjection):
             return
         name = params[0] if params and isinstance(params[0], str) else ""
         sub_account = name.split(".", 1)[0]
-        if not sub_account or (self.sub_accounts is not None and sub_account not in self.sub_accounts):
+        if (not sub_account or sub_account in self.refuse_sub_accounts
+                or (self.sub_accounts is not None and sub_account not in self.sub_accounts)):
             log.info("%s: authorize refused for %r", conn.extranonce1, name)
             conn.send(stratum.error_line(msg_id, stratum.INVALID_USERNAME, "Invalid username"))
+            return
+        if self.authorize_delay > 0:
+            conn.state = AUTO_REGISTERING
+            conn.authorizer = gevent.spawn_later(self.authorize_delay, self._authorized, conn, msg_id,
+                                                 sub_account)
+        else:
+            self._authorized(conn, msg_id, sub_account)
+
+    def _authorized(self, conn: PoolConnection, msg_id: Any, sub_account: str) -> None:
+        """Answer a successful authorize: `true`, the session difficulty and the first job."""
+        conn.authorizer = None
+        if conn.closed:
             return
         conn.sub_account = sub_account
         conn.state = AUTHORIZED
         conn.submit_index = 0
         log.info("%s: authorized as %s (%s)", conn.extranonce1, sub_account, conn.user_agent)
+        if self.close_after_authorize:
+            conn.send(stratum.result_line(msg_id, True))
+            conn.close()
+            return
         burst = stratum.result_line(msg_id, True) + stratum.set_difficulty_line(self.default_difficulty)
         if self.job is not None:
             self._send_job(conn, self.job, True, burst)

@@ -1,0 +1,310 @@
+"""A pool set: the N upstream connections of one sub-account, and where its miners go.
+
+New miners go to the ready connection with the fewest miners. When a connection breaks its miners
+are not dropped: they are held (kept connected, shares answered 21) and moved to the other ready
+connections at once, or to the first connection that becomes ready. Held miners whose grace period
+runs out are disconnected so they fail over to their backup pool, or, with `always_keep_downconn`,
+kept busy with fake jobs until a connection is back. A connection serving from a backup pool
+retries the first pool every `pool_failback_seconds` and its miners move back when it answers.
+"""
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
+
+import gevent
+
+from .backoff import Backoff
+from .config import Config, PoolEntry
+from .counters import Counters
+from .protocol import stratum
+from .protocol.jobs import AgentJob, fake_notify, is_fake_job_id
+from .upstream import FAN_OUT_BATCH, UpstreamSession
+from .upstream_api import QUEUED
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .miner import MinerSession
+
+log = logging.getLogger("gagent.poolset")
+
+GRACE_CHECK_SECONDS = 1.0
+BACKOFF_BASE_SECONDS = 0.5
+BACKOFF_CAP_SECONDS = 30.0
+DRAIN_SECONDS = 3.0
+
+
+class HeldMiners:
+    """Where miners wait while no connection of their pool set is ready (an upstream that never is).
+
+    Shares of held miners are answered 21 (their job's connection is gone) and counted; on a fake
+    job they are answered `true` and go nowhere.
+    """
+
+    ready = False
+
+    def __init__(self, pool_set: "PoolSet") -> None:
+        self.pool_set = pool_set
+        self.miners: Dict[int, "MinerSession"] = {}
+        self.since: Dict[int, float] = {}   # session id -> loop time it was held
+        self.faking: Dict[int, "MinerSession"] = {}  # past the grace period, on fake jobs
+
+    @property
+    def miner_count(self) -> int:
+        return len(self.miners)
+
+    def attach(self, miner: "MinerSession") -> None:
+        if miner.closed:
+            return
+        self.miners[miner.session_id] = miner
+        self.since[miner.session_id] = gevent.get_hub().loop.now()
+        miner.upstream = self
+
+    def detach(self, miner: "MinerSession") -> None:
+        self.miners.pop(miner.session_id, None)
+        self.since.pop(miner.session_id, None)
+        self.faking.pop(miner.session_id, None)
+        if miner.upstream is self:
+            miner.upstream = None
+
+    def submit(self, miner: "MinerSession", msg_id: Any, job_id: Any, extra_nonce2: int, ntime: int,
+               nonce: int, version_mask: Optional[int]) -> int:
+        if miner.session_id in self.faking and is_fake_job_id(job_id):
+            miner.send(stratum.true_line(msg_id))  # keeps the miner hashing; never sent anywhere
+            return QUEUED
+        self.pool_set.counters.shares_refused_upstream_lost += 1
+        return stratum.JOB_NOT_FOUND_OR_STALE
+
+    def send_version_mask(self, miner: "MinerSession") -> None:
+        """Nothing to tell until a connection is ready."""
+
+
+class PoolSet:
+    """The connections of one sub-account: placement, holding, moving, failback."""
+
+    def __init__(self, config: Config, sub_account: str, pools: List[PoolEntry], counters: Counters,
+                 open_socket: Any) -> None:
+        self.config = config
+        self.sub_account = sub_account
+        self.pools = pools
+        self.counters = counters
+        self._open_socket = open_socket
+        self.connections: List[UpstreamSession] = [
+            UpstreamSession(config, pools, slot, self, counters)
+            for slot in range(config.pool_connection_number_per_subaccount)]
+        self.holding = HeldMiners(self)
+        self.last_job: Optional[AgentJob] = None
+        self._probes: Dict[int, UpstreamSession] = {}
+        self._releaser: Optional[gevent.Greenlet] = None
+        self._grace_keeper: Optional[gevent.Greenlet] = None
+        self._failback: Optional[gevent.Greenlet] = None
+        self._fake_sequence = 0
+        self._stopped = False
+        self.on_ready: Any = None  # called with a connection that became ready (the agent's ready event)
+
+    # ---- what the agent and the status page read ------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """At least one connection can take miners."""
+        return any(conn.ready for conn in self.connections)
+
+    @property
+    def held_count(self) -> int:
+        return self.holding.miner_count
+
+    @property
+    def miner_count(self) -> int:
+        return sum(conn.miner_count for conn in self.connections) + self.holding.miner_count
+
+    def open_socket(self, pool: PoolEntry) -> Any:
+        """A connected socket to `pool` (direct, TLS or through a proxy, as configured)."""
+        return self._open_socket(pool)
+
+    def new_backoff(self) -> Backoff:
+        return Backoff(BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS)
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for conn in self.connections:
+            conn.start()
+        if len(self.pools) > 1:
+            self._failback = gevent.spawn(self._failback_loop)
+
+    def stop(self, deadline: Optional[float] = None) -> None:
+        """Close every connection: with a deadline (loop time), first write out what is queued."""
+        self._stopped = True
+        for greenlet in (self._releaser, self._grace_keeper, self._failback):
+            if greenlet is not None:
+                greenlet.kill(block=False)
+        for probe in list(self._probes.values()):
+            probe.stop()
+        self._probes.clear()
+        if deadline is None:
+            for conn in self.connections:
+                conn.stop()
+        else:
+            gevent.joinall([gevent.spawn(conn.drain, deadline) for conn in self.connections])
+
+    # ---- miners --------------------------------------------------------------------------------
+
+    def place(self, miner: "MinerSession") -> None:
+        """Attach an authorized miner to the least-loaded ready connection, or hold it."""
+        target = self._least_loaded()
+        if target is not None:
+            target.attach(miner)
+            return
+        self.holding.attach(miner)
+        self.counters.miners_held += 1
+        self._keep_grace()
+
+    def _least_loaded(self) -> Optional[UpstreamSession]:
+        best = None
+        for conn in self.connections:
+            if conn.ready and (best is None or conn.miner_count < best.miner_count):
+                best = conn
+        return best
+
+    # ---- events from connections ---------------------------------------------------------------
+
+    def connection_ready(self, conn: UpstreamSession) -> None:
+        if conn.probe:
+            self._promote(conn)
+        if self.on_ready is not None:
+            self.on_ready(conn)
+        if self.holding.miners:
+            self._release_soon()
+
+    def connection_lost(self, conn: UpstreamSession, miners: List["MinerSession"], reason: str) -> None:
+        """Hold the miners of a broken connection at once, then move them to ready connections."""
+        for miner in miners:
+            self.holding.attach(miner)
+        held = self.holding.miner_count
+        if self._stopped:
+            return
+        self.counters.miners_held += len(miners)
+        target = self._least_loaded()
+        if target is not None:
+            log.warning("%s: %s; moving its %d miners to the other ready connections", conn.name, reason,
+                        len(miners))
+            self._release_soon()
+        else:
+            log.warning("%s: %s; holding its %d miners (%d held in all) for up to %.0f s while reconnecting",
+                        conn.name, reason, len(miners), held, self.config.upstream_grace_seconds)
+            self._keep_grace()
+
+    def job_seen(self, job: AgentJob) -> None:
+        """Remember the newest real job: fake jobs are built from it."""
+        self.last_job = job
+
+    def probe_failed(self, probe: UpstreamSession) -> None:
+        if self._probes.get(probe.slot) is probe:
+            del self._probes[probe.slot]
+
+    # ---- moving held miners --------------------------------------------------------------------
+
+    def _release_soon(self) -> None:
+        if self._releaser is None or self._releaser.dead:
+            self._releaser = gevent.spawn(self._release_held)
+
+    def _release_held(self) -> None:
+        """Move held miners to ready connections, spread by load, yielding between batches."""
+        moved = 0
+        started = gevent.get_hub().loop.now()
+        while self.holding.miners and not self._stopped:
+            batch = list(self.holding.miners.values())[:FAN_OUT_BATCH]
+            for miner in batch:
+                target = self._least_loaded()
+                if target is None:
+                    break
+                self.holding.detach(miner)
+                if miner.closed:
+                    continue
+                target.attach(miner)
+                moved += 1
+            else:
+                gevent.sleep(0)
+                continue
+            break  # no connection ready any more: the rest stay held
+        if moved:
+            self.counters.miners_moved += moved
+            log.info("%s: %d miners given work on ready connections (%.2f s); %d still held",
+                     self.sub_account, moved, gevent.get_hub().loop.now() - started, self.holding.miner_count)
+        if self.holding.miners:
+            self._keep_grace()
+
+    # ---- the grace period and fake jobs --------------------------------------------------------
+
+    def _keep_grace(self) -> None:
+        if not self._stopped and (self._grace_keeper is None or self._grace_keeper.dead):
+            self._grace_keeper = gevent.spawn(self._grace_loop)
+
+    def _grace_loop(self) -> None:
+        """While miners are held: past the grace period, disconnect them or put them on fake jobs."""
+        config = self.config
+        loop = gevent.get_hub().loop
+        last_fake = 0.0
+        while self.holding.miners:
+            gevent.sleep(GRACE_CHECK_SECONDS)
+            now = loop.now()
+            since = self.holding.since
+            expired = [m for sid, m in list(self.holding.miners.items())
+                       if sid not in self.holding.faking and now - since.get(sid, now) >= config.upstream_grace_seconds]
+            if expired and config.always_keep_downconn:
+                for miner in expired:
+                    self.holding.faking[miner.session_id] = miner
+                log.warning("%s: no pool connection for %.0f s; %d miners get fake jobs until one is back",
+                            self.sub_account, config.upstream_grace_seconds, len(expired))
+                last_fake = 0.0
+            elif expired:
+                log.warning("%s: no pool connection for %.0f s; disconnecting %d held miners so they fail "
+                            "over to their backup pool", self.sub_account, config.upstream_grace_seconds,
+                            len(expired))
+                self.counters.miners_dropped_after_grace += len(expired)
+                for count, miner in enumerate(expired, 1):
+                    miner.close()
+                    if not count % FAN_OUT_BATCH:
+                        gevent.sleep(0)
+            if self.holding.faking and now - last_fake >= config.fake_job_notify_interval_seconds:
+                last_fake = now
+                self._send_fake_job()
+
+    def _send_fake_job(self) -> None:
+        self._fake_sequence += 1
+        template = self.last_job.params if self.last_job is not None else None
+        line = fake_notify(template, self._fake_sequence, int(time.time()))
+        for count, miner in enumerate(list(self.holding.faking.values()), 1):
+            miner.send(line)
+            if not count % FAN_OUT_BATCH:
+                gevent.sleep(0)
+
+    # ---- failback ------------------------------------------------------------------------------
+
+    def _failback_loop(self) -> None:
+        """Every pool_failback_seconds, a connection serving from a backup pool retries the first."""
+        while not self._stopped:
+            gevent.sleep(self.config.pool_failback_seconds)
+            for conn in list(self.connections):
+                if conn.ready and conn.pool_index > 0 and conn.slot not in self._probes:
+                    probe = UpstreamSession(self.config, self.pools, conn.slot, self, self.counters, probe=True)
+                    self._probes[conn.slot] = probe
+                    probe.start()
+
+    def _promote(self, probe: UpstreamSession) -> None:
+        """The first pool answered a failback probe: it takes the slot, the backup's miners move to it."""
+        self._probes.pop(probe.slot, None)
+        old = self.connections[probe.slot]
+        self.connections[probe.slot] = probe
+        probe.probe = False
+        miners = list(old.miners.values())
+        for count, miner in enumerate(miners, 1):
+            old.detach(miner)
+            probe.attach(miner)
+            if not count % FAN_OUT_BATCH:
+                gevent.sleep(0)
+        # The backup writes out what it holds (unregisters, shares awaiting acknowledgement) first.
+        gevent.spawn(old.drain, gevent.get_hub().loop.now() + DRAIN_SECONDS)
+        self.counters.upstream_failbacks += 1
+        self.counters.miners_moved += len(miners)
+        log.info("%s: back on the first pool %s:%d; %d miners moved from %s:%d", probe.name,
+                 probe.pool.host, probe.pool.port, len(miners),
+                 old.pool.host if old.pool else "-", old.pool.port if old.pool else 0)
