@@ -484,3 +484,70 @@ def test_stop_reading_everything_includes_new_connections(pool, connect):
     assert pool.connections and pool.connections[0].state == "connected"
     pool.resume_reading()
     assert client.notify()["params"][0] == "0"
+
+
+@pytest.mark.timeout(20)
+def test_authorize_delay_answers_caps_again_without_subres(pool, connect):
+    from gevent import get_hub
+    pool.authorize_delay = 0.3
+    client = connect()
+    started = get_hub().loop.now()
+    client.handshake()
+    seen = client.read_until(lambda m: m.get("id") == "auth")
+    ids = [m.get("id") for m in seen]
+    assert ids.index("caps_again") < ids.index("auth")  # answered while auto-registering
+    assert seen[-1] == {"id": "auth", "result": True, "error": None}
+    assert get_hub().loop.now() - started >= 0.25
+    params = client.notify()["params"]
+    conn = pool.connections[0]
+    assert conn.state == "authorized" and not conn.subres
+    client.send(ex.encode_register_worker(SID, "cgminer", "w"))
+    client.send(ex.encode_submit_share(int(params[0]), SID, 1, 1))
+    assert pool.wait_for(lambda: pool.shares_received == 1)
+    # an agent that repeats caps once the authorize answer is in gets subres from then on
+    client.send(stratum.request_line("caps_3", "agent.get_capabilities", [["verrol", "subres"]]))
+    client.read_until(lambda m: isinstance(m, dict) and m.get("id") == "caps_3")
+    client.send(ex.encode_submit_share(int(params[0]), SID, 2, 1))
+    assert client.response() == (1, stratum.LOW_DIFFICULTY)
+
+
+@pytest.mark.timeout(20)
+def test_close_after_authorize(pool, connect):
+    pool.close_after_authorize = True
+    client = connect()
+    client.handshake()
+    seen = []
+    while True:
+        item = client.next()
+        if item is None:
+            break
+        seen.append(item)
+    assert seen[-1] == {"id": "auth", "result": True, "error": None}
+    assert pool.wait_for(lambda: pool.disconnects == 1)
+
+
+@pytest.mark.timeout(20)
+def test_stall_handshake_answers_nothing(pool, connect):
+    pool.stall_handshake = True
+    client = connect()
+    client.handshake()
+    with pytest.raises(socket.timeout):
+        client.next(timeout=0.3)
+    assert pool.connections[0].state == "connected"
+
+
+@pytest.mark.timeout(20)
+def test_refuse_sub_accounts():
+    sim = PoolSimulator(default_difficulty=1, refuse_sub_accounts=["banned"]).start()
+    try:
+        refused, allowed = AgentClient(sim.address), AgentClient(sim.address)
+        refused.handshake(sub_account="banned")
+        auth = refused.read_until(lambda m: m.get("id") == "auth")[-1]
+        assert auth == {"id": "auth", "result": None, "error": [29, "Invalid username", None]}
+        allowed.handshake(sub_account="other")
+        assert allowed.notify()
+        assert [c.sub_account for c in sim.authorized] == ["other"]
+        refused.close()
+        allowed.close()
+    finally:
+        sim.stop()
