@@ -551,3 +551,56 @@ def test_refuse_sub_accounts():
         allowed.close()
     finally:
         sim.stop()
+
+
+def _raw_lines_until_notify(client):
+    """The raw JSON lines the pool sent, up to the first mining.notify (no JSON parsing)."""
+    client.sock.settimeout(5)
+    data = b""
+    while b'"method":"mining.notify","params":["0"' not in data:
+        chunk = client.sock.recv(65536)
+        assert chunk, "closed after %r" % data
+        data += chunk
+    return data.split(b"\n")
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("value, text", [("1e400", b"1e400"), ("NaN", b"NaN"), ('"1e400"', b'"1e400"'),
+                                         (b"-1", b"-1"), (2.5, b"2.5")])
+def test_first_difficulty_is_sent_verbatim(pool, connect, value, text):
+    pool.first_difficulty = value
+    client = connect()
+    client.handshake()
+    lines = _raw_lines_until_notify(client)
+    assert b'{"id":null,"method":"mining.set_difficulty","params":[' + text + b"]}" in lines
+
+
+@pytest.mark.timeout(20)
+def test_raw_after_authorize_comes_between_auth_and_difficulty(pool, connect):
+    odd = '{"id":null,"method":"mining.notify","params":["\u0663"]}\n'.encode()
+    pool.raw_after_authorize = odd
+    client = connect()
+    client.handshake()
+    lines = _raw_lines_until_notify(client)
+    auth = next(i for i, line in enumerate(lines) if line.startswith(b'{"id":"auth"'))
+    assert lines[auth + 1] + b"\n" == odd
+    assert b"mining.set_difficulty" in lines[auth + 2]
+
+
+@pytest.mark.timeout(20)
+def test_extranonce1_override_in_subscribe_answer_only():
+    sim = PoolSimulator(default_difficulty=TINY, extranonce1_override="0x123456").start()
+    try:
+        client = AgentClient(sim.address)
+        client.handshake()
+        sub = client.read_until(lambda m: m.get("id") == "sub")[-1]
+        assert sub["result"][1] == "0x123456"
+        params = client.notify()["params"]
+        client.read_until(lambda m: m.get("id") == "caps_again")
+        client.send(ex.encode_register_worker(SID, "cgminer", "w"))
+        nonce = find_share(sim.connections[0].extranonce1, params, TINY)  # the real extranonce1
+        client.send(ex.encode_submit_share(int(params[0]), SID, 0xBEEF, nonce))
+        assert client.response() == (0, stratum.ACCEPT)
+        client.close()
+    finally:
+        sim.stop()

@@ -8,15 +8,28 @@ runs. The handshake faults and hostile first messages are modes, keyword argumen
   sserver is down answers every connect with RST (ECONNREFUSED), while sessions already open live on.
 """
 import logging
-from typing import TYPE_CHECKING, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, List, Optional, Tuple
 
 import gevent
+import simplejson
 from gevent.server import StreamServer
 
 if TYPE_CHECKING:  # pragma: no cover
     from .pool import PoolConnection
 
 log = logging.getLogger("gagent.sim.pool")
+
+
+def raw_set_difficulty_line(value: Any) -> bytes:
+    """A `mining.set_difficulty` line whose value is `value`: str/bytes verbatim as raw JSON text
+    (so "NaN" or "1e400" go out as such), anything else JSON-encoded."""
+    if isinstance(value, str):
+        raw = value.encode()
+    elif isinstance(value, bytes):
+        raw = value
+    else:
+        raw = simplejson.dumps(value).encode()
+    return b'{"id":null,"method":"mining.set_difficulty","params":[' + raw + b']}\n'
 
 
 class FaultInjection:

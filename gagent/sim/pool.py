@@ -29,7 +29,7 @@ from gevent.server import StreamServer
 from ..protocol import exmessage as ex
 from ..protocol import hashing
 from ..protocol import stratum
-from .faults import FaultInjection
+from .faults import FaultInjection, raw_set_difficulty_line
 
 log = logging.getLogger("gagent.sim.pool")
 
@@ -260,6 +260,17 @@ class PoolSimulator(FaultInjection):
     - `stall_handshake`: read but never answer a JSON line of a connection not yet authorized.
     - `refuse_sub_accounts`: authorize of these sub-accounts answers 29 "Invalid username", as
       for names outside the `sub_accounts` allow-list.
+
+    Hostile first messages, for the agent's input hardening (also attributes):
+
+    - `first_difficulty`: the `mining.set_difficulty` sent after authorize carries this value; a
+      str (or bytes) is raw JSON text written verbatim, so literals no JSON encoder emits reach the
+      agent: "1e400", "NaN", "-1", '"1e400"' (a string). Anything else is JSON-encoded. Shares are
+      still checked against `default_difficulty`.
+    - `extranonce1_override`: the subscribe answer names this as extranonce1 (e.g. "0x123456");
+      shares are still checked against the connection's real extranonce1.
+    - `raw_after_authorize`: bytes written right after the authorize answer, before the difficulty
+      and the first job (e.g. a notify whose job id is a non-ASCII digit such as U+0663).
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, default_difficulty: float = 16384,
@@ -271,7 +282,9 @@ class PoolSimulator(FaultInjection):
                  ssl_context: Optional[ssl.SSLContext] = None,
                  recv_buffer_size: Optional[int] = None, authorize_delay: float = 0,
                  close_after_authorize: bool = False, stall_handshake: bool = False,
-                 refuse_sub_accounts: Collection[str] = ()) -> None:
+                 refuse_sub_accounts: Collection[str] = (), first_difficulty: Any = None,
+                 extranonce1_override: Optional[str] = None,
+                 raw_after_authorize: Optional[bytes] = None) -> None:
         if not default_difficulty > 0:
             raise ValueError("default_difficulty must be positive")
         FaultInjection.__init__(self)
@@ -292,6 +305,9 @@ class PoolSimulator(FaultInjection):
         self.close_after_authorize = close_after_authorize
         self.stall_handshake = stall_handshake
         self.refuse_sub_accounts = set(refuse_sub_accounts)
+        self.first_difficulty = first_difficulty
+        self.extranonce1_override = extranonce1_override
+        self.raw_after_authorize = raw_after_authorize
         self.connections: List[PoolConnection] = []
         self.connections_total = 0
         self.connect_times: List[float] = []
@@ -614,7 +630,7 @@ class PoolSimulator(FaultInjection):
             return
         conn.is_agent = True
         conn.state = SUBSCRIBED
-        en1 = conn.extranonce1
+        en1 = conn.extranonce1 if self.extranonce1_override is None else self.extranonce1_override
         conn.send(stratum.result_line(msg_id, [[["mining.set_difficulty", en1], ["mining.notify", en1]],
                                                en1, self.extranonce2_size]))
 
@@ -649,7 +665,11 @@ class PoolSimulator(FaultInjection):
             conn.send(stratum.result_line(msg_id, True))
             conn.close()
             return
-        burst = stratum.result_line(msg_id, True) + stratum.set_difficulty_line(self.default_difficulty)
+        burst = stratum.result_line(msg_id, True) + (self.raw_after_authorize or b"")
+        if self.first_difficulty is None:
+            burst += stratum.set_difficulty_line(self.default_difficulty)
+        else:
+            burst += raw_set_difficulty_line(self.first_difficulty)
         if self.job is not None:
             self._send_job(conn, self.job, True, burst)
         else:
