@@ -604,3 +604,33 @@ def test_extranonce1_override_in_subscribe_answer_only():
         client.close()
     finally:
         sim.stop()
+
+
+@pytest.mark.timeout(20)
+def test_force_status_answers_valid_shares_and_counts_them_rejected():
+    easy = 2.0 ** -40  # every nonce is a valid share
+    sim = PoolSimulator(default_difficulty=easy).start()
+    try:
+        client = AgentClient(sim.address)
+        client.handshake()
+        params = client.notify()["params"]
+        client.read_until(lambda m: m.get("id") == "caps_again")
+        client.send(ex.encode_register_worker(SID, "cgminer", "w"))
+        en1, job = sim.connections[0].extranonce1, int(params[0])
+        sim.force_status(36, 2)
+        sim.force_status(37)
+        assert sim.forced_statuses_left == 3
+        client.send(ex.encode_submit_share(job, SID, 0, 1))
+        assert client.response() == (0, 36)
+        client.send(ex.encode_submit_share(job, SID, 0, 1))  # a duplicate keeps its own verdict
+        assert client.response() == (1, stratum.DUPLICATE_SHARE)
+        for en2, expected in ((1, 36), (2, 37), (3, stratum.ACCEPT)):
+            client.send(ex.encode_submit_share(job, SID, en2, find_share(en1, params, easy, en2=en2)))
+            assert client.response() == (en2 + 1, expected)
+        stats = sim.stats[("demo", "w")]
+        assert (stats.accepted, stats.rejected) == (1, 4)
+        assert stats.statuses == {36: 2, 37: 1, stratum.DUPLICATE_SHARE: 1, stratum.ACCEPT: 1}
+        assert sim.statuses == stats.statuses and sim.forced_statuses_left == 0
+        client.close()
+    finally:
+        sim.stop()

@@ -6,13 +6,24 @@ runs. The handshake faults and hostile first messages are modes, keyword argumen
 
 - refusing connects (`pause_listening` / `resume_listening`): a pool host that is up but whose
   sserver is down answers every connect with RST (ECONNREFUSED), while sessions already open live on.
+- drops: `close_all()` (FIN, in pool.py), `reset()` / `reset_all()` (RST), and `close_one_by_one()`,
+  btcpool's graceful shutdown, which aborts its sessions one at a time over a grace period so that
+  the agents' reconnects spread out.
+- a pool that stops reading (`stop_reading` / `resume_reading`): its reader greenlet parks, what the
+  agent sends stays in the kernel buffers until they fill and the agent's writes block (make them
+  small with `PoolSimulator(recv_buffer_size=...)`); nothing parked is counted as received.
+- share verdicts (`force_status`): valid shares answered JOB_NOT_FOUND, STALE_SHARE and the like, as
+  a pool does around a block change or a job repository hiccup.
 """
+import collections
 import logging
-from typing import TYPE_CHECKING, Any, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Deque, List, Optional, Tuple
 
 import gevent
 import simplejson
 from gevent.server import StreamServer
+
+from ..protocol import stratum
 
 if TYPE_CHECKING:  # pragma: no cover
     from .pool import PoolConnection
@@ -43,6 +54,7 @@ class FaultInjection:
     def __init__(self) -> None:
         self._fault_tasks: List[gevent.Greenlet] = []
         self.reading_stopped = False  # stop_reading() for every connection, new ones included
+        self._forced_statuses: Deque[int] = collections.deque()
 
     def _listen(self) -> None:  # pragma: no cover - PoolSimulator's
         raise NotImplementedError
@@ -130,6 +142,28 @@ class FaultInjection:
             targets = [conn]
         for target in targets:
             target.reading.set()
+
+    # ---- share verdicts -----------------------------------------------------------------------
+
+    def force_status(self, status: int, count: int = 1) -> None:
+        """Answer the next `count` valid shares (on any connection) with `status` instead of ACCEPT.
+
+        They are counted under that status in `stats` and `statuses`: rejected, unless `status` is
+        one of the accepted ones (ACCEPT_STALE, SOLVED...). Invalid shares keep their own verdict
+        and do not use up the count. Calls add up.
+        """
+        self._forced_statuses.extend([status] * count)
+
+    @property
+    def forced_statuses_left(self) -> int:
+        """How many valid shares will still get a forced status."""
+        return len(self._forced_statuses)
+
+    def _verdict(self, status: int) -> int:
+        """The status a share is answered with: `status`, or the next forced one if it is ACCEPT."""
+        if status == stratum.ACCEPT and self._forced_statuses:
+            return self._forced_statuses.popleft()
+        return status
 
     # ---- life cycle ---------------------------------------------------------------------------
 

@@ -717,7 +717,7 @@ class PoolSimulator(FaultInjection):
         conn.submit_index = (index + 1) & 0xFFFF
         conn.shares_received += 1
         self.shares_received += 1
-        status = self.validate(conn, share)
+        status = self._verdict(self.validate(conn, share))
         stats = self.stats.get((conn.sub_account, entry[1]))
         if stats is None:
             stats = self.stats[(conn.sub_account, entry[1])] = WorkerStats()
