@@ -634,3 +634,29 @@ def test_force_status_answers_valid_shares_and_counts_them_rejected():
         client.close()
     finally:
         sim.stop()
+
+
+@pytest.mark.timeout(20)
+def test_accounting_helpers(pool, connect):
+    client, params = ready_client(connect, pool, worker="rig1")
+    conn = pool.connections[0]
+    en1, job = conn.extranonce1, int(params[0])
+    client.send(ex.encode_register_worker(7, "cgminer", "rig2") + ex.encode_unregister_worker(SID)
+                + ex.encode_unregister_worker(SID))  # the second unregister finds nothing
+    assert pool.wait_for(lambda: len(pool.events) == 3)
+    client.send(ex.encode_register_worker(SID, "cgminer", "rig1"))
+    assert pool.wait_for(lambda: conn.registered_total == 3)
+    assert conn.unregistered_total == 1 and conn.workers == {7: ("cgminer", "rig2"), SID: ("cgminer", "rig1")}
+    assert (pool.registers(), pool.registers("rig1"), pool.registers("rig2", "demo")) == (3, 2, 1)
+    assert (pool.unregisters(), pool.unregisters("rig1"), pool.registers(sub_account="other")) == (1, 1, 0)
+    assert pool.events[0].sub_account == "demo"
+    nonce = find_share(en1, params, TINY)
+    client.send(ex.encode_submit_share(job, SID, 0xBEEF, nonce) + ex.encode_submit_share(job, 7, 5, 6)
+                + ex.encode_submit_share(job, 0x777, 1, 2))  # unregistered: ignored, not a key
+    assert client.response() == (0, stratum.ACCEPT)
+    assert client.response() == (1, stratum.LOW_DIFFICULTY)
+    assert pool.share_keys() == {(en1, SID, 0xBEEF, nonce), (en1, 7, 5, 6)}
+    assert (pool.accepted_shares(), pool.rejected_shares()) == (1, 1)
+    client.close()  # the agent side ends the connection
+    assert pool.wait_for(lambda: pool.disconnects == 1 and not pool.connections)
+    assert len(pool.connect_times) == 1

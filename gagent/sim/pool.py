@@ -118,6 +118,7 @@ class Event(NamedTuple):
     session_id: int
     client_agent: str
     worker_name: str
+    sub_account: Optional[str] = None
 
 
 class PoolConnection:
@@ -125,7 +126,8 @@ class PoolConnection:
 
     __slots__ = ("pool", "sock", "peer", "en1", "extranonce1", "state", "user_agent", "is_agent",
                  "sub_account", "subres", "version_mask", "workers", "diffs", "local_jobs",
-                 "next_short_id", "submit_index", "shares_received", "closed", "reader", "reading",
+                 "next_short_id", "submit_index", "shares_received", "registered_total",
+                 "unregistered_total", "closed", "reader", "reading",
                  "authorizer", "_write_lock", "_pending", "_flusher")
 
     def __init__(self, pool: "PoolSimulator", sock: Any, peer: Any, en1: int) -> None:
@@ -146,6 +148,8 @@ class PoolConnection:
         self.next_short_id = 0
         self.submit_index = 0
         self.shares_received = 0
+        self.registered_total = 0  # REGISTER_WORKER frames acted on, over the connection's life
+        self.unregistered_total = 0
         self.closed = False
         self.reader: Optional[gevent.Greenlet] = None  # the greenlet reading this connection
         self.reading = gevent.event.Event()  # cleared while the pool stops reading (stop_reading)
@@ -318,6 +322,7 @@ class PoolSimulator(FaultInjection):
         self.bytes_received = 0
         self.reads = 0
         self.shares_received = 0
+        self._share_keys: Set[Tuple[str, int, int, int]] = set()
         self.jobs_created = 0
         self.job: Optional[Job] = None
         self.height = 800000
@@ -405,6 +410,35 @@ class PoolSimulator(FaultInjection):
     def authorized(self) -> List[PoolConnection]:
         """Open connections that completed mining.authorize."""
         return [c for c in self.connections if c.state == AUTHORIZED and not c.closed]
+
+    # ---- accounting ---------------------------------------------------------------------------
+
+    def registers(self, worker: Optional[str] = None, sub_account: Optional[str] = None) -> int:
+        """REGISTER_WORKER frames the pool acted on, for that worker name / sub-account (None: any)."""
+        return self._count_events("register", worker, sub_account)
+
+    def unregisters(self, worker: Optional[str] = None, sub_account: Optional[str] = None) -> int:
+        """UNREGISTER_WORKER frames that removed a registered worker; filters as `registers`."""
+        return self._count_events("unregister", worker, sub_account)
+
+    def _count_events(self, kind: str, worker: Optional[str], sub_account: Optional[str]) -> int:
+        return sum(1 for e in self.events if e.kind == kind and worker in (None, e.worker_name)
+                   and sub_account in (None, e.sub_account))
+
+    def accepted_shares(self) -> int:
+        """Shares answered with an accepted status, over every worker."""
+        return sum(s.accepted for s in self.stats.values())
+
+    def rejected_shares(self) -> int:
+        """Shares answered with any other status."""
+        return sum(s.rejected for s in self.stats.values())
+
+    def share_keys(self) -> Set[Tuple[str, int, int, int]]:
+        """(extranonce1 of the connection, session id, extra_nonce2, nonce) of every share the pool
+        read and judged, valid or not: a miner told `true` for a share missing here was lied to.
+        Shares the pool ignores (unregistered session id, wrong frame size, sent before authorize,
+        still unread after stop_reading) are not in it. A copy."""
+        return set(self._share_keys)
 
     # ---- jobs and difficulty ------------------------------------------------------------------
 
@@ -699,7 +733,9 @@ class PoolSimulator(FaultInjection):
             conn.diffs[sid] = float(self.default_difficulty)
             for local in conn.local_jobs:
                 local.diffs[sid] = conn.diffs[sid]
-            self.events.append(Event(time.time(), "register", conn.extranonce1, sid, agent, worker))
+            conn.registered_total += 1
+            self.events.append(Event(time.time(), "register", conn.extranonce1, sid, agent, worker,
+                                     conn.sub_account))
         elif frame.cmd == ex.CMD_UNREGISTER_WORKER:
             if size != 6:
                 return
@@ -707,7 +743,9 @@ class PoolSimulator(FaultInjection):
             entry = conn.workers.pop(sid, None)
             conn.diffs.pop(sid, None)
             if entry is not None:
-                self.events.append(Event(time.time(), "unregister", conn.extranonce1, sid, *entry))
+                conn.unregistered_total += 1
+                self.events.append(Event(time.time(), "unregister", conn.extranonce1, sid, *entry,
+                                         conn.sub_account))
 
     def _on_share(self, conn: PoolConnection, share: ex.SubmitShare, received: float) -> None:
         entry = conn.workers.get(share.session_id)
@@ -717,6 +755,7 @@ class PoolSimulator(FaultInjection):
         conn.submit_index = (index + 1) & 0xFFFF
         conn.shares_received += 1
         self.shares_received += 1
+        self._share_keys.add((conn.extranonce1, share.session_id, share.extra_nonce2, share.nonce))
         status = self._verdict(self.validate(conn, share))
         stats = self.stats.get((conn.sub_account, entry[1]))
         if stats is None:
@@ -831,8 +870,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         while True:
             gevent.sleep(args.report_every)
-            accepted = sum(s.accepted for s in pool.stats.values())
-            rejected = sum(s.rejected for s in pool.stats.values())
+            accepted, rejected = pool.accepted_shares(), pool.rejected_shares()
             log.info("connections %d (authorized %d), miners %d, shares %d: %d accepted, %d rejected %s",
                      len(pool.connections), len(pool.authorized),
                      sum(len(c.workers) for c in pool.connections), pool.shares_received, accepted,
