@@ -9,14 +9,22 @@ Two ways to run it:
 
 * standalone: ``python bench/loadgen.py --port 3333 --miners 1000 --seconds 30 --out samples.json``
   connects, runs the load phase and writes the summary and samples;
-* ``--control``: the driver (bench/run.py) sends JSON commands on stdin (``{"cmd": "load", "seconds": 60}``,
-  ``{"cmd": "mark"}``, ``{"cmd": "dump", "path": ...}``, ``{"cmd": "quit"}``) and reads status lines
-  (one JSON object per line) on stdout.
+* ``--control``: the driver (bench/run.py) sends JSON commands on stdin and reads status lines (one JSON
+  object per line) on stdout. Commands: ``{"cmd": "load", "seconds": 60}`` (submit for that long),
+  ``{"cmd": "stop_load"}``, ``{"cmd": "mark", "stale": [[pool_extranonce1, job_id], ...]}`` (see
+  `LoadGen.mark`), ``{"cmd": "storm_begin"}`` (start counting the miners the agent closes),
+  ``{"cmd": "dump", "path": ...}``, ``{"cmd": "quit"}``.
+
+A miner whose connection the agent closes reconnects at once if it was mining (after 0.5–1.5 s if the agent
+refused it before it was authorized, or closed it within `retry_delay` of authorizing it), as real miners do; the status line counts every close
+(``disconnects``) and the distinct miners closed since ``storm_begin`` (``miners_closed``).
 
 Recorded samples:
 
-* submits: ``[extranonce1, extranonce2, nonce, t_send]`` (hex strings as sent; t = time.time()), so the pool
-  side can match the frame it receives;
+* submits: ``[extranonce1, extranonce2, nonce, t_send, t_answer, answer]`` (hex strings as sent; t =
+  time.time()), so the pool side can match the frame it receives; ``answer`` is ``true``, the error code
+  of the agent's answer (``-1`` when it carries none), or ``null`` with ``t_answer`` ``null`` when no answer
+  arrived before the miner's connection closed (or the run ended);
 * notifies: per distinct notify line, ``[pool_extranonce1, job_id, clean, [t_receipt, ...]]``. The pool's
   extranonce1 is the last 8 hex digits of coinb1 (the agent appends it), which identifies the upstream
   connection the job came from.
@@ -26,6 +34,7 @@ import errno
 import json
 import os
 import random
+import re
 import resource
 import select
 import socket
@@ -41,6 +50,11 @@ TICK = 0.001                 # epoll timeout while submitting
 # miner states
 CONNECTING, SUBSCRIBING, READY, CLOSED = range(4)
 
+# a submit record: [extranonce1, extranonce2, nonce, t_send, t_answer, answer]
+T_ANSWER, ANSWER = 4, 5
+_ID_RE = re.compile(rb'"id"\s*:\s*(-?\d+)')
+_TRUE_RE = re.compile(rb'"result"\s*:\s*true\b')
+
 
 def raise_file_limit() -> int:
     """Raise the soft open-file limit to the hard one; returns the new soft limit."""
@@ -54,7 +68,7 @@ class Miner:
     """One simulated miner connection."""
 
     __slots__ = ("index", "sock", "fd", "state", "buf", "en1", "authorized", "job", "ntime", "fresh",
-                 "next_id", "en2", "out")
+                 "next_id", "en2", "out", "note", "pending", "closed_in_storm", "authorized_at")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -66,23 +80,28 @@ class Miner:
         self.authorized = False
         self.job: Optional[str] = None
         self.ntime = "00000000"
-        self.fresh = False       # got a notify since the last mark
+        self.fresh = False       # holds a notify the last mark does not call stale
         self.next_id = 3
         self.en2 = 0
         self.out = b""           # bytes the socket did not take yet
+        self.note: Optional["NotifyInfo"] = None             # the notify its job came from
+        self.pending: Optional[Dict[int, List[Any]]] = None  # submit id -> submit record, unanswered
+        self.closed_in_storm = False   # the agent closed it since the last storm_begin
+        self.authorized_at = 0.0       # time.time() of its authorize answer
 
 
 class NotifyInfo:
     """What a distinct notify line says, parsed once for every miner that receives it."""
 
-    __slots__ = ("job_id", "pool_en1", "ntime", "clean", "times")
+    __slots__ = ("job_id", "pool_en1", "ntime", "clean", "times", "stale")
 
-    def __init__(self, job_id: str, pool_en1: str, ntime: str, clean: bool) -> None:
+    def __init__(self, job_id: str, pool_en1: str, ntime: str, clean: bool, stale: bool = False) -> None:
         self.job_id = job_id
         self.pool_en1 = pool_en1
         self.ntime = ntime
         self.clean = clean
         self.times: List[float] = []
+        self.stale = stale       # sent before the last mark: does not make a miner fresh
 
 
 class LoadGen:
@@ -105,11 +124,13 @@ class LoadGen:
         self.to_connect: List[Miner] = list(reversed(self.miners))
         self.connecting = 0
         self.notifies: Dict[bytes, NotifyInfo] = {}
-        self.submits: List[Tuple[str, str, str, float]] = []
+        self.submits: List[List[Any]] = []
         self.counts = {"connects": 0, "connect_errors": 0, "disconnects": 0, "submitted": 0,
                        "answers_true": 0, "answers_error": 0, "errors_other": 0, "notifies": 0,
                        "set_difficulty": 0, "reconnect_requests": 0,
-                       "authorize_errors": 0}
+                       "authorize_errors": 0, "miners_closed": 0}
+        self.error_codes: Dict[str, int] = {}     # submit answers with an error, by code
+        self.stale_keys: Optional[set] = None     # (pool_en1, job_id) the last mark called stale
         self.error_samples: List[str] = []
         self.loading_until = 0.0
         self.load_started = 0.0
@@ -134,6 +155,8 @@ class LoadGen:
         out = {"t": time.time(), "miners": len(self.miners), "connected": connected,
                "authorized": authorized, "with_job": with_job, "fresh": fresh}
         out.update(self.counts)
+        out["answers_error_codes"] = dict(self.error_codes)
+        out["mark_time"] = self.mark_time
         out["all_fresh_time"] = self.all_fresh_time
         return out
 
@@ -181,10 +204,12 @@ class LoadGen:
 
     def _drop(self, m: Miner, counted: bool = True) -> None:
         """Close a miner's socket and queue it for a reconnect: at once if it was mining, after
-        `retry_delay` (with jitter) if the agent refused it before it was authorized."""
+        `retry_delay` (with jitter) if the agent refused it before it was authorized or closed it
+        within `retry_delay` of authorizing it (an agent that accepts miners while it has no pool must
+        not make the generator spin)."""
         if m.state == CLOSED:
             return
-        if m.authorized:
+        if m.authorized and time.time() - m.authorized_at >= self.retry_delay:
             self.to_connect.append(m)
         else:
             self.retry.append((time.time() + self.retry_delay * (0.5 + self.rand.random()), m))
@@ -192,6 +217,9 @@ class LoadGen:
             self.connecting -= 1
         if counted:
             self.counts["disconnects"] += 1
+            if not m.closed_in_storm:
+                m.closed_in_storm = True
+                self.counts["miners_closed"] += 1
         try:
             self.ep.unregister(m.fd)
         except (OSError, ValueError):
@@ -199,6 +227,7 @@ class LoadGen:
         self.by_fd.pop(m.fd, None)
         m.sock.close()
         m.sock, m.fd, m.state, m.authorized, m.job, m.fresh = None, -1, CLOSED, False, None, False
+        m.note, m.pending = None, None   # answers still owed stay unanswered in the records
 
     # ---- I/O -----------------------------------------------------------------------------------
 
@@ -264,7 +293,7 @@ class LoadGen:
 
     def _handle_line(self, m: Miner, line: bytes, now: float) -> None:
         if b'"method"' not in line:
-            self._on_reply(m, line)
+            self._on_reply(m, line, now)
         elif b"mining.notify" in line:
             self._on_notify(m, line, now)
             return
@@ -276,18 +305,30 @@ class LoadGen:
         else:
             self._error("unexpected notification: %r" % line[:200])
 
-    def _on_reply(self, m: Miner, line: bytes) -> None:
-        if b'"result":true' in line.replace(b" ", b""):
-            if line.replace(b" ", b"").startswith(b'{"id":2,') and not m.authorized:
+    def _on_reply(self, m: Miner, line: bytes, now: float) -> None:
+        match = _ID_RE.search(line)
+        msg_id = int(match.group(1)) if match else None
+        if _TRUE_RE.search(line):
+            if msg_id == 2 and not m.authorized:
                 m.authorized = True
+                m.authorized_at = time.time()
                 m.state = READY
                 self.connecting -= 1
             else:
                 self.counts["answers_true"] += 1
+                self._answered(m, msg_id, now, True)
             return
-        self._on_other_reply(m, line)
+        self._on_other_reply(m, line, now)
 
-    def _on_other_reply(self, m: Miner, line: bytes) -> None:
+    def _answered(self, m: Miner, msg_id: Optional[int], now: float, answer: Any) -> None:
+        """Record the agent's answer to submit `msg_id` in that submit's record."""
+        if m.pending is None or msg_id is None:
+            return
+        record = m.pending.pop(msg_id, None)
+        if record is not None:
+            record[T_ANSWER], record[ANSWER] = now, answer
+
+    def _on_other_reply(self, m: Miner, line: bytes, now: float) -> None:
         try:
             msg = json.loads(line)
         except ValueError:
@@ -303,10 +344,16 @@ class LoadGen:
                     self.error_samples.append("subscribe/authorize: %r" % (error,))
             else:
                 self.counts["answers_error"] += 1
+                code = error_code(error)
+                self.error_codes[str(code)] = self.error_codes.get(str(code), 0) + 1
                 if len(self.error_samples) < 20:
                     self.error_samples.append("submit: %r" % (error,))
-        elif msg_id is not None and msg_id > 2:
+                self._answered(m, msg_id, now, code)
+        elif isinstance(msg_id, int) and msg_id > 2:
             self.counts["answers_true" if result else "answers_error"] += 1
+            if not result:
+                self.error_codes["-1"] = self.error_codes.get("-1", 0) + 1
+            self._answered(m, msg_id, now, True if result else -1)
         else:
             self._error("unexpected: %r" % line[:200])
 
@@ -320,10 +367,12 @@ class LoadGen:
         if info is None:
             params = json.loads(line)["params"]
             info = NotifyInfo(params[0], params[2][-8:], params[7], bool(params[8]))
+            if self.stale_keys is not None:
+                info.stale = (info.pool_en1, str(info.job_id)) in self.stale_keys
             self.notifies[line] = info
         info.times.append(now)
         self.counts["notifies"] += 1
-        m.job, m.ntime, m.fresh = info.job_id, info.ntime, True
+        m.job, m.ntime, m.note, m.fresh = info.job_id, info.ntime, info, not info.stale
 
     def _submit(self, m: Miner) -> None:
         m.en2 = (m.en2 + 1) & 0xFFFFFFFF
@@ -333,7 +382,11 @@ class LoadGen:
         m.next_id += 1
         line = ('{"id":%d,"method":"mining.submit","params":["%s.w%d","%s","%s","%s","%s"]}\n'
                 % (msg_id, self.user, m.index, m.job, en2, m.ntime, nonce))
-        self.submits.append((m.en1, en2, nonce, time.time()))
+        record = [m.en1, en2, nonce, time.time(), None, None]
+        self.submits.append(record)
+        if m.pending is None:
+            m.pending = {}
+        m.pending[msg_id] = record
         self.counts["submitted"] += 1
         self._send(m, line.encode())
 
@@ -360,12 +413,36 @@ class LoadGen:
         self.loading_until = self.load_started + seconds
         self.submit_due = 0
 
-    def mark(self) -> None:
-        """Forget which miners have a job; `all_fresh_time` is set when every miner has a new one."""
+    def stop_load(self) -> None:
+        """Stop submitting now."""
+        self.loading_until = min(self.loading_until, time.time())
+
+    def mark(self, stale: Optional[List[List[Any]]] = None) -> None:
+        """Start waiting for every miner to hold a fresh job; `all_fresh_time` is set when they all do.
+
+        Without `stale`, every notify seen so far is stale and the next one a miner receives is fresh.
+        With `stale` (``[pool_extranonce1, job_id]`` pairs: every notify the pool had sent at that
+        moment), exactly those notifies are stale: a miner that received a newer one just before this
+        command arrived counts as fresh already.
+        """
         self.mark_time = time.time()
         self.all_fresh_time = None
+        if stale is None:
+            self.stale_keys = None
+            for info in self.notifies.values():
+                info.stale = True
+        else:
+            self.stale_keys = {(str(en1), str(job_id)) for en1, job_id in stale}
+            for info in self.notifies.values():
+                info.stale = (info.pool_en1, str(info.job_id)) in self.stale_keys
         for m in self.miners:
-            m.fresh = False
+            m.fresh = m.note is not None and not m.note.stale
+
+    def storm_begin(self) -> None:
+        """Start counting anew the distinct miners whose connection the agent closes."""
+        self.counts["miners_closed"] = 0
+        for m in self.miners:
+            m.closed_in_storm = False
 
     def _check_fresh(self) -> None:
         if self.mark_time is None or self.all_fresh_time is not None:
@@ -457,8 +534,12 @@ def _command(gen: LoadGen, cmd: Dict[str, Any]) -> bool:
     name = cmd.get("cmd")
     if name == "load":
         gen.start_load(float(cmd["seconds"]))
+    elif name == "stop_load":
+        gen.stop_load()
     elif name == "mark":
-        gen.mark()
+        gen.mark(cmd.get("stale"))
+    elif name == "storm_begin":
+        gen.storm_begin()
     elif name == "dump":
         with open(cmd["path"], "w") as f:
             json.dump(gen.samples(), f)
@@ -466,6 +547,17 @@ def _command(gen: LoadGen, cmd: Dict[str, Any]) -> bool:
     elif name == "quit":
         return True
     return False
+
+
+def error_code(error: Any) -> int:
+    """The numeric code of a stratum error (``[code, message, data]`` or ``{"code": ...}``); -1 if none."""
+    if isinstance(error, (list, tuple)) and error and isinstance(error[0], int):
+        return error[0]
+    if isinstance(error, dict) and isinstance(error.get("code"), int):
+        return error["code"]
+    if isinstance(error, int) and not isinstance(error, bool):
+        return error
+    return -1
 
 
 def _emit(obj: Dict[str, Any]) -> None:
@@ -499,7 +591,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="miners in flight at once between connect() and the authorize answer; keep "
                         "it under the agent's listen backlog or the kernel drops handshakes")
     p.add_argument("--retry-delay", type=float, default=1.0,
-                   help="mean delay before reconnecting a miner the agent refused (a mining miner "
+                   help="mean delay before reconnecting a miner the agent refused or closed within "
+                        "this long of authorizing it (a mining miner "
                         "that loses its connection reconnects at once)")
     p.add_argument("--out", help="write summary and samples here (standalone mode)")
     p.add_argument("--control", action="store_true", help="driven by JSON commands on stdin")

@@ -1,11 +1,20 @@
-"""Benchmark driver: simulated pool (in-process) + gagent (subprocess) + load generator (subprocess).
+"""Benchmark driver: simulated pool (in this process) + agent (subprocess) + load generator (subprocess).
 
-    python bench/run.py --miners 10000 --seconds 60 [--share-interval 10] [--job-interval 30] [--storm]
+    python bench/run.py --miners 10000 --seconds 60 [--share-interval 10] [--job-interval 30]
+    python bench/run.py --miners 1000 --seconds 30 --storm [restart|stall] [--storm-outage 3]
+    python bench/run.py --miners 10000 --seconds 60 --compare /work/peers/btcagent --repeat 3
 
 Phases: idle (agent connected to the pool, no miners: idle RSS), connect (until every miner is authorized
 and has a job), load (`--seconds` of shares and jobs: CPU, latencies, upstream traffic), optional storm
-(the pool drops every agent connection; time until every miner is authorized and has a job again), teardown.
-Prints one JSON object and appends it to bench/out/results.jsonl. See bench/RESULTS.md for the fields.
+(the pool fails while the miners keep submitting; see `Run._storm_phase`), teardown.
+
+`--compare CMD` runs the same scenario for gagent and then for the agent CMD (which gets
+`-c CONF -l LOGDIR` appended), `--repeat N` runs each N times alternating; the figures are then medians
+over the runs and a `ratio` object gives gagent / other for the headline figures.
+
+Prints one JSON document on stdout (a single run: the result object as before) and a short table on
+stderr; appends every run's result object to bench/out/results.jsonl (raw samples of each run:
+bench/out/samples-*.json). See bench/RESULTS.md for the fields.
 """
 from gevent import monkey
 
@@ -19,11 +28,14 @@ import re  # noqa: E402
 import resource  # noqa: E402
 import shlex  # noqa: E402
 import socket  # noqa: E402
+import statistics  # noqa: E402
+import struct  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from typing import Any, Dict, List, Optional, Tuple  # noqa: E402
+from collections import Counter  # noqa: E402
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple  # noqa: E402
 
 import gevent  # noqa: E402
 import psutil  # noqa: E402
@@ -34,6 +46,11 @@ OUT_DIR = os.path.join(HERE, "out")
 HOST = "127.0.0.1"
 HEADER_BYTES = 52          # IPv4 + TCP with timestamps, per segment
 SAMPLE_EVERY = 0.5         # RSS sampling period
+STORM_LEAD = 2.0           # seconds of ordinary load before the pool fails
+STORM_TAIL = 2.0           # seconds of load after every miner is mining again
+SETTLE = 1.5               # seconds for the last answers and shares to land before counting
+
+ShareKey = Tuple[str, str, str]   # (miner extranonce1, extranonce2, nonce), hex as the miner wrote them
 
 sys.path.insert(0, ROOT)
 
@@ -67,6 +84,23 @@ def percentile(values: List[float], q: float) -> Optional[float]:
 def ms(value: Optional[float]) -> Optional[float]:
     """Seconds → milliseconds, rounded; None stays None."""
     return None if value is None else round(value * 1000.0, 3)
+
+
+def latency_summary(values: List[float]) -> Dict[str, Any]:
+    """p50 / p99 / max in milliseconds and the sample count of latencies given in seconds."""
+    return {"p50": ms(percentile(values, 50)), "p99": ms(percentile(values, 99)),
+            "max": ms(max(values) if values else None), "samples": len(values)}
+
+
+def deep_merge(base: Optional[Dict[str, Any]], extra: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """A copy of `base` with `extra` merged in; nested objects (``advanced``) are merged key by key."""
+    out = dict(base or {})
+    for key, value in (extra or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 # ---- measuring the agent process ----------------------------------------------------------------
@@ -135,15 +169,17 @@ def segs_out(pool_port: int) -> Tuple[int, int]:
 class PoolRecorder:
     """The simulated pool plus what it saw: share receipt times and notify send times."""
 
-    def __init__(self, difficulty: float) -> None:
+    def __init__(self, difficulty: float, recv_buffer_size: Optional[int] = None) -> None:
         from gagent.sim.pool import PoolSimulator
-        self.share_times: Dict[Tuple[str, str, str], float] = {}
+        self.share_times: Dict[ShareKey, float] = {}
         self.notify_times: Dict[Tuple[str, str], float] = {}
+        self.notify_keys: Set[Tuple[str, str]] = set()   # every (pool extranonce1, short id) sent
         self.shares = 0
         self.statuses: Dict[str, int] = {}
         self.recording = False
+        extra = {"recv_buffer_size": recv_buffer_size} if recv_buffer_size else {}
         self.pool = PoolSimulator(host=HOST, port=0, default_difficulty=difficulty, job_interval=None,
-                                  on_share=self._on_share, on_notify=self._on_notify)
+                                  on_share=self._on_share, on_notify=self._on_notify, **extra)
 
     def _on_share(self, conn: Any, share: Any, status: Any, t_received: float) -> None:
         self.shares += 1
@@ -153,20 +189,38 @@ class PoolRecorder:
             self.share_times[key] = t_received
 
     def _on_notify(self, conn: Any, short_id: Any, t_sent: float) -> None:
+        key = (conn_extranonce1(conn), str(short_id))
+        self.notify_keys.add(key)
         if self.recording:
-            self.notify_times[(conn_extranonce1(conn), str(short_id))] = t_sent
+            self.notify_times[key] = t_sent
+
+    def read_keys(self) -> Set[ShareKey]:
+        """Every share the pool read from the agent, as (miner extranonce1, extranonce2, nonce)."""
+        keys = set(self.share_times)
+        share_keys = getattr(self.pool, "share_keys", None)
+        if share_keys is not None:   # also shares of miners the pool did not know (not in on_share)
+            for entry in share_keys():
+                key = normalize_share_key(*entry[-3:])
+                if key is not None:
+                    keys.add(key)
+        return keys
 
 
-def share_key(share: Any) -> Optional[Tuple[str, str, str]]:
-    """(miner extranonce1, extranonce2, nonce) as the miner wrote them, from the pool's share record."""
-    get = share.get if isinstance(share, dict) else lambda k, d=None: getattr(share, k, d)
-    sid, en2, nonce = get("session_id"), get("extra_nonce2"), get("nonce")
+def normalize_share_key(sid: Any, en2: Any, nonce: Any) -> Optional[ShareKey]:
+    """(session id, extranonce2, nonce) from the pool → the hex strings the miner wrote."""
     if sid is None or en2 is None or nonce is None:
         return None
     if isinstance(en2, int) and en2 > 0xFFFFFFFF:   # the pool's 8-byte extranonce2
         en2 &= 0xFFFFFFFF
-    return ("%08x" % sid, "%08x" % en2 if isinstance(en2, int) else en2,
+    return ("%08x" % sid if isinstance(sid, int) else str(sid),
+            "%08x" % en2 if isinstance(en2, int) else en2,
             "%08x" % nonce if isinstance(nonce, int) else nonce)
+
+
+def share_key(share: Any) -> Optional[ShareKey]:
+    """(miner extranonce1, extranonce2, nonce) as the miner wrote them, from the pool's share record."""
+    get = share.get if isinstance(share, dict) else lambda k, d=None: getattr(share, k, d)
+    return normalize_share_key(get("session_id"), get("extra_nonce2"), get("nonce"))
 
 
 def conn_extranonce1(conn: Any) -> str:
@@ -175,6 +229,35 @@ def conn_extranonce1(conn: Any) -> str:
     if en1 is None:
         en1 = getattr(conn, "en1", "")
     return "%08x" % en1 if isinstance(en1, int) else str(en1)
+
+
+# ---- pool failures (PoolSimulator fault methods, with stand-ins while they are missing) ---------
+
+def pool_reset_all(pool: Any) -> None:
+    """RST every agent connection: `pool.reset_all()`, or SO_LINGER 0 + close where it is missing."""
+    if hasattr(pool, "reset_all"):
+        pool.reset_all()
+        return
+    for conn in list(pool.connections):   # stand-in: an abortive close sends RST instead of FIN
+        try:
+            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.sock.close()
+        except OSError:
+            pass
+        conn.close()
+
+
+def pool_stop_reading(pool: Any) -> None:
+    """The pool stops reading from every agent connection (the agent's bytes stay in the kernel)."""
+    if not hasattr(pool, "stop_reading"):
+        raise RuntimeError("--storm stall needs PoolSimulator.stop_reading() (gagent/sim/pool.py)")
+    pool.stop_reading()
+
+
+def pool_resume_reading(pool: Any) -> None:
+    """Undo `pool_stop_reading` (for the connections the agent opens afterwards)."""
+    if hasattr(pool, "resume_reading"):
+        pool.resume_reading()
 
 
 # ---- the load generator -------------------------------------------------------------------------
@@ -232,7 +315,7 @@ class LoadGenProcess:
     def stop(self) -> None:
         try:
             self.command(cmd="quit")
-        except OSError:
+        except (OSError, RuntimeError):
             pass
         stop_process(self.proc)
         self.log.close()
@@ -253,20 +336,24 @@ def stop_process(proc: subprocess.Popen, grace: float = 5.0) -> None:
 # ---- the agent ----------------------------------------------------------------------------------
 
 def start_agent(pool_port: int, workdir: str, log_path: str, command: Optional[str] = None,
-                extra_config: Optional[Dict[str, Any]] = None) -> Tuple[subprocess.Popen, int, Any]:
-    """Write a config and start `python -m gagent -c CONF` (or `command -c CONF`); returns
-    (process, miner port, log file)."""
+                extra_config: Optional[Dict[str, Any]] = None,
+                log_dir: Optional[str] = None) -> Tuple[subprocess.Popen, int, Any]:
+    """Write a config and start `python -m gagent -c CONF` (or `command -c CONF`, plus `-l LOG_DIR`
+    when `log_dir` is given: it is created first); returns (process, miner port, stdout log file)."""
     port = free_port()
-    conf = {"agent_listen_ip": HOST, "agent_listen_port": port, "pools": [[HOST, pool_port, "bench"]]}
-    conf.update(extra_config or {})
+    conf = deep_merge({"agent_listen_ip": HOST, "agent_listen_port": port,
+                       "pools": [[HOST, pool_port, "bench"]]}, extra_config)
     conf_path = os.path.join(workdir, "agent.json")
     with open(conf_path, "w") as f:
         json.dump(conf, f)
     log = open(log_path, "w")
     argv = shlex.split(command) if command else [sys.executable, "-m", "gagent"]
-    proc = subprocess.Popen(argv + ["-c", conf_path], cwd=ROOT,
-                            stdout=log, stderr=subprocess.STDOUT)
-    return proc, port, log
+    argv += ["-c", conf_path]
+    if log_dir is not None:
+        os.makedirs(log_dir, exist_ok=True)
+        argv += ["-l", log_dir]
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    return proc, conf["agent_listen_port"], log
 
 
 def wait_listening(port: int, proc: subprocess.Popen, timeout: float) -> bool:
@@ -289,33 +376,49 @@ def upstream_count(pool_port: int) -> int:
 # ---- the run ------------------------------------------------------------------------------------
 
 class Run:
-    """One benchmark run; `execute()` returns the result dict."""
+    """One benchmark run of one agent; `execute()` returns the result dict.
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    `name` is stored as the result's ``agent``; `command` replaces `python -m gagent` (``-c CONF``
+    appended, and ``-l LOGDIR`` too when `log_dir_flag`); `config` is merged into the agent's config.
+    """
+
+    def __init__(self, args: argparse.Namespace, name: str = "gagent", command: Optional[str] = None,
+                 config: Optional[Dict[str, Any]] = None, log_dir_flag: bool = False,
+                 tag: str = "") -> None:
         self.args = args
+        self.name = name
+        self.command = command
+        self.config = config
+        self.log_dir_flag = log_dir_flag
         self.result: Dict[str, Any] = {}
-        self.stamp = time.strftime("%Y%m%d-%H%M%S")
+        self.stamp = time.strftime("%Y%m%d-%H%M%S") + tag
         os.makedirs(OUT_DIR, exist_ok=True)
         self.workdir = tempfile.mkdtemp(prefix="gagent-bench-")
+        self.load_window = (0.0, 0.0)
+        self.storm_window: Optional[Tuple[float, float]] = None
 
     def execute(self) -> Dict[str, Any]:
         args = self.args
         r = self.result
         r.update({"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": {
             "nproc": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-            "miners": args.miners, "seconds": args.seconds, "share_interval": args.share_interval,
-            "job_interval": args.job_interval, "agent_revision": agent_revision(),
-            "agent_command": args.agent_command, "agent_config": args.agent_config, "connect_batch": args.connect_batch, "file_limit": raise_file_limit()})
-        self.recorder = PoolRecorder(args.difficulty)
+            "agent": self.name, "miners": args.miners, "seconds": args.seconds,
+            "share_interval": args.share_interval, "job_interval": args.job_interval,
+            "agent_revision": agent_revision() if self.command is None else "external",
+            "agent_command": self.command,
+            "agent_config": json.dumps(self.config) if self.config else None,
+            "connect_batch": args.connect_batch, "file_limit": raise_file_limit()})
+        self.recorder = PoolRecorder(args.difficulty, args.pool_recv_buffer)
         pool = self.recorder.pool
         pool.start()
         self.pool_port = pool.address[1]
         agent = loadgen = meter = None
         agent_log = None
+        log_dir = os.path.join(OUT_DIR, "agent-%s.d" % self.stamp) if self.log_dir_flag else None
         try:
             agent, agent_port, agent_log = start_agent(
                 self.pool_port, self.workdir, os.path.join(OUT_DIR, "agent-%s.log" % self.stamp),
-                args.agent_command, json.loads(args.agent_config) if args.agent_config else None)
+                self.command, self.config, log_dir)
             if not wait_listening(agent_port, agent, 30):
                 raise RuntimeError("agent did not start listening (see %s)" % agent_log.name)
             self._wait_upstreams(agent)
@@ -336,7 +439,9 @@ class Run:
                 self._storm_phase(loadgen, meter)
             samples = loadgen.dump(os.path.join(OUT_DIR, "samples-%s.json" % self.stamp))
             self._latencies(samples)
-            r["agent_log_errors"] = count_log_errors(agent_log.name)
+            if args.storm:
+                self._storm_shares(samples)
+            r["agent_log_errors"] = count_log_errors(agent_log.name, log_dir)
         finally:
             if meter:
                 meter.stop()
@@ -390,6 +495,7 @@ class Run:
         jobs.kill()
         gevent.sleep(0.5)   # let the last shares and notifies land
         elapsed = time.time() - t0
+        self.load_window = (t0, time.time())
         cpu = meter.cpu_seconds() - cpu0
         segs1, nsock = segs_out(self.pool_port)
         rec.recording = False
@@ -403,6 +509,8 @@ class Run:
             "share_statuses": dict(rec.statuses),
             "answers_true": st.get("answers_true", 0) - before_status.get("answers_true", 0),
             "answers_error": st.get("answers_error", 0) - before_status.get("answers_error", 0),
+            "answers_error_codes": counter_delta(st.get("answers_error_codes"),
+                                                 before_status.get("answers_error_codes")),
             "disconnects_during_load": st.get("disconnects", 0) - before_status.get("disconnects", 0),
             "agent_cpu_seconds": round(cpu, 3), "cpu_core_share": round(cpu / elapsed, 4),
             "cpu_seconds_per_1000_shares": round(cpu / shares * 1000, 4) if shares else None,
@@ -423,45 +531,128 @@ class Run:
             k += 1
 
     def _storm_phase(self, loadgen: LoadGenProcess, meter: ProcessMeter) -> None:
-        n = self.args.miners
+        """The pool fails while every miner keeps submitting.
+
+        `restart`: the pool resets (RST) every agent connection and refuses connects for
+        `--storm-outage` seconds, then listens again. `stall`: the pool stops reading from every agent
+        connection for `--storm-outage` seconds, then closes them all (a dead path; the agent's unread
+        bytes are lost). "Resume" is the moment the pool accepts (restart) or closes (stall); a miner
+        is mining again once it holds a `mining.notify` the pool sent after resume. The share figures
+        are completed from the samples by `_storm_shares`.
+        """
+        args = self.args
+        pool = self.recorder.pool
+        kind, outage = args.storm, args.storm_outage
         meter.reset_peak()
-        disc0 = loadgen.status.get("disconnects", 0)
-        loadgen.command(cmd="mark")
-        gevent.sleep(0.3)
-        t0 = time.time()
-        self.recorder.pool.close_all()
-        ok = loadgen.wait_for(lambda s: s.get("all_fresh_time") is not None, self.args.storm_timeout)
-        st = loadgen.status
+        before = dict(loadgen.status)
+        loadgen.command(cmd="storm_begin")
+        t_load = time.time()
+        loadgen.command(cmd="load", seconds=STORM_LEAD + outage + args.storm_timeout + STORM_TAIL + 60)
+        gevent.sleep(STORM_LEAD)
+        t_storm = time.time()
+        if kind == "restart":
+            pool.pause_listening()
+            pool_reset_all(pool)
+        else:
+            pool_stop_reading(pool)
+        gevent.sleep(outage)
+        stale = sorted(self.recorder.notify_keys)   # every notify the pool sent before resume
+        t_resume = time.time()
+        if kind == "restart":
+            pool.resume_listening()
+        else:
+            pool.close_all()
+            pool_resume_reading(pool)
+        # a notify sent after resume also to any connection the agent opened during the outage
+        pool.new_job(clean=False, branches=12)
+        loadgen.command(cmd="mark", stale=stale)
+        ok = loadgen.wait_for(lambda s: (s.get("mark_time") or 0) >= t_resume
+                              and s.get("all_fresh_time") is not None, args.storm_timeout)
+        st = dict(loadgen.status)
+        t_all = st["all_fresh_time"] if ok else None
+        gevent.sleep(STORM_TAIL)
+        loadgen.command(cmd="stop_load")
+        gevent.sleep(SETTLE)
+        end = dict(loadgen.status)
+        self.storm_window = (t_load, time.time())
         self.result["storm"] = {
-            "seconds": round(st["all_fresh_time"] - t0, 3) if ok else None, "complete": ok,
-            "disconnects": st.get("disconnects", 0) - disc0, "authorized": st.get("authorized"),
-            "fresh": st.get("fresh"), "rss_peak_mb": round(meter.peak / 1e6, 2), "miners": n}
+            "kind": kind, "outage_seconds": outage, "miners": args.miners,
+            "seconds": round(t_all - t_storm, 3) if ok else None,
+            "seconds_to_all_mining": round(t_all - t_resume, 3) if ok else None, "complete": ok,
+            "miners_disconnected": end.get("miners_closed"),
+            "disconnects": end.get("disconnects", 0) - before.get("disconnects", 0),
+            "reconnects": end.get("connects", 0) - before.get("connects", 0),
+            "reconnect_requests": end.get("reconnect_requests", 0) - before.get("reconnect_requests", 0),
+            "authorized": st.get("authorized"), "with_job": st.get("with_job"), "fresh": st.get("fresh"),
+            "rss_peak_mb": round(meter.peak / 1e6, 2)}
+
+    def _storm_shares(self, samples: Dict[str, Any]) -> None:
+        """Share figures of the storm window: answered `true` but never read by the pool, errors by
+        code, unanswered, answer latency."""
+        start, end = self.storm_window
+        read = self.recorder.read_keys()
+        submitted = answered_true = true_lost = lost = unanswered = 0
+        codes: Counter = Counter()
+        answer_lat = []
+        for en1, en2, nonce, t_send, t_answer, answer in samples["submits"]:
+            if not start <= t_send <= end:
+                continue
+            submitted += 1
+            at_pool = (en1, en2, nonce) in read
+            lost += not at_pool
+            if answer is None:
+                unanswered += 1
+                continue
+            answer_lat.append(t_answer - t_send)
+            if answer is True:
+                answered_true += 1
+                true_lost += not at_pool
+            else:
+                codes[str(answer)] += 1
+        self.result["storm"].update({
+            "shares_submitted": submitted, "shares_answered_true": answered_true,
+            "shares_answered_true_not_received": true_lost, "shares_not_received": lost,
+            "shares_unanswered": unanswered, "answers_error": dict(sorted(codes.items())),
+            "share_answer_latency_ms": latency_summary(answer_lat)})
 
     def _latencies(self, samples: Dict[str, Any]) -> None:
+        """Latency figures of the load phase (submits sent in its window)."""
         rec = self.recorder
+        start, end = self.load_window
         share_lat = []
-        unmatched = 0
-        for en1, en2, nonce, t_send in samples["submits"]:
+        answer_lat = []
+        unmatched = unanswered = 0
+        for en1, en2, nonce, t_send, t_answer, _answer in samples["submits"]:
+            if not start - 0.1 <= t_send <= end:
+                continue
             t = rec.share_times.get((en1, en2, nonce))
             if t is None:
                 unmatched += 1
             else:
                 share_lat.append(t - t_send)
+            if t_answer is None:
+                unanswered += 1
+            else:
+                answer_lat.append(t_answer - t_send)
         fan = []
         for pool_en1, job_id, clean, times in samples["notifies"]:
             t_sent = rec.notify_times.get((pool_en1, str(job_id)))
             if t_sent is not None and not clean:
                 fan.extend(t - t_sent for t in times)
         self.result.update({
-            "share_latency_ms": {"p50": ms(percentile(share_lat, 50)), "p99": ms(percentile(share_lat, 99)),
-                                 "max": ms(max(share_lat) if share_lat else None),
-                                 "samples": len(share_lat), "unmatched": unmatched},
-            "fanout_latency_ms": {"p50": ms(percentile(fan, 50)), "p99": ms(percentile(fan, 99)),
-                                  "max": ms(max(fan) if fan else None), "samples": len(fan)},
+            "share_latency_ms": dict(latency_summary(share_lat), unmatched=unmatched),
+            "share_answer_latency_ms": dict(latency_summary(answer_lat), unanswered=unanswered),
+            "fanout_latency_ms": latency_summary(fan),
             "loadgen_errors": samples.get("errors", [])[:5],
             "loadgen_final": {k: samples["status"].get(k) for k in (
                 "connects", "connect_errors", "disconnects", "errors_other", "reconnect_requests",
                 "authorize_errors")}})
+
+
+def counter_delta(after: Optional[Dict[str, int]], before: Optional[Dict[str, int]]) -> Dict[str, int]:
+    """after − before of two {key: count} dicts, keeping the non-zero entries."""
+    after, before = after or {}, before or {}
+    return {k: after[k] - before.get(k, 0) for k in sorted(after) if after[k] - before.get(k, 0)}
 
 
 def agent_revision() -> str:
@@ -475,51 +666,250 @@ def agent_revision() -> str:
         return "unknown"
 
 
-def count_log_errors(path: str) -> Dict[str, Any]:
-    """Count WARNING/ERROR lines in the agent log and keep a few distinct ones."""
+_GLOG_LINE = re.compile(r"^([IWEF])\d{4} [\d:.]+\s+\d+ [^\]]*\] ?(.*)")
+
+
+def count_log_errors(path: str, log_dir: Optional[str] = None) -> Dict[str, Any]:
+    """Count WARNING/ERROR lines in the agent's output and in the glog files of `log_dir` (the other
+    agents': ``W1125 …``/``E1125 …`` lines, counted in the ``*.INFO`` files only, which hold every
+    level) and keep a few distinct ones."""
     counts = {"WARNING": 0, "ERROR": 0}
     firsts: List[str] = []
-    with open(path, errors="replace") as f:
-        for line in f:
-            for level in counts:
-                if " %s " % level in line:
-                    counts[level] += 1
-                    msg = line.split(": ", 1)[-1].strip()[:160]
-                    if len(firsts) < 5 and msg not in firsts:
-                        firsts.append(msg)
+    paths = [path]
+    if log_dir and os.path.isdir(log_dir):
+        files = sorted(os.path.join(log_dir, f) for f in os.listdir(log_dir)
+                       if not os.path.islink(os.path.join(log_dir, f)))
+        info = [f for f in files if ".INFO." in os.path.basename(f)]
+        paths += info or files
+    for p in paths:
+        with open(p, errors="replace") as f:
+            for line in f:
+                level = None
+                glog = _GLOG_LINE.match(line)
+                if glog:
+                    level = {"W": "WARNING", "E": "ERROR", "F": "ERROR"}.get(glog.group(1))
+                    msg = glog.group(2)
+                else:
+                    level = next((lv for lv in counts if " %s " % lv in line), None)
+                    msg = line.split(": ", 1)[-1]
+                if level is None:
+                    continue
+                counts[level] += 1
+                msg = msg.strip()[:160]
+                if len(firsts) < 5 and msg not in firsts:
+                    firsts.append(msg)
     return {"warnings": counts["WARNING"], "errors": counts["ERROR"], "examples": firsts}
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="gagent benchmark driver (issue 3)")
+# ---- several runs: medians, ratios, the table ---------------------------------------------------
+
+# (ratio key, path in the result object) of the figures compared between the agents
+RATIO_FIGURES: List[Tuple[str, Tuple[str, ...]]] = [
+    ("rss_peak_mb", ("rss_peak_mb",)),
+    ("bytes_per_miner", ("bytes_per_miner",)),
+    ("cpu_core_share", ("cpu_core_share",)),
+    ("cpu_seconds_per_1000_shares", ("cpu_seconds_per_1000_shares",)),
+    ("fanout_p99_ms", ("fanout_latency_ms", "p99")),
+    ("share_answer_p99_ms", ("share_answer_latency_ms", "p99")),
+    ("share_p99_ms", ("share_latency_ms", "p99")),
+    ("upstream_segments_per_s", ("upstream_segments_per_s",)),
+    ("upstream_wire_kbps", ("upstream_wire_kbps",)),
+]
+
+# extra rows of the table when there was a storm
+STORM_FIGURES: List[Tuple[str, Tuple[str, ...]]] = [
+    ("storm miners_disconnected", ("storm", "miners_disconnected")),
+    ("storm seconds_to_all_mining", ("storm", "seconds_to_all_mining")),
+    ("storm answered true, not received", ("storm", "shares_answered_true_not_received")),
+    ("storm shares unanswered", ("storm", "shares_unanswered")),
+]
+
+
+def dig(obj: Any, path: Sequence[str]) -> Any:
+    """obj[path[0]][path[1]]…, None where a step is missing."""
+    for key in path:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def median_value(values: List[Any]) -> Any:
+    """The median of numbers (dicts: key by key); all() of booleans; the first value otherwise."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    if all(isinstance(v, dict) for v in present):
+        keys: List[str] = []
+        for v in present:
+            keys += [k for k in v if k not in keys]
+        return {k: median_value([v.get(k) for v in present]) for k in keys}
+    if all(_is_number(v) for v in present):
+        m = statistics.median(present)
+        if all(isinstance(v, int) for v in present) and float(m).is_integer():
+            return int(m)
+        return round(m, 4) if isinstance(m, float) else m
+    if all(isinstance(v, bool) for v in present):
+        return all(present)
+    return present[0]
+
+
+def median_result(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """One result object from several runs of the same agent: medians per figure (see
+    `median_value`); runs that failed are left out unless every run failed."""
+    good = [r for r in runs if "error" not in r] or runs
+    if len(good) == 1:
+        return good[0]
+    return median_value(good)
+
+
+def ratios(ours: Dict[str, Any], other: Dict[str, Any]) -> Dict[str, Optional[float]]:
+    """gagent / other for each of RATIO_FIGURES (None when either is missing or other is 0)."""
+    out: Dict[str, Optional[float]] = {}
+    for key, path in RATIO_FIGURES:
+        a, b = dig(ours, path), dig(other, path)
+        out[key] = round(a / b, 3) if _is_number(a) and _is_number(b) and b else None
+    return out
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return "%.4g" % v if abs(v) < 1000 else "%.0f" % v
+    return str(v)
+
+
+def table(columns: List[Tuple[str, Dict[str, Any], List[Dict[str, Any]]]],
+          ratio: Optional[Dict[str, Optional[float]]] = None) -> str:
+    """A plain-text table: one row per figure, one column per agent (median, and every run's value
+    when there were several), then the ratio column."""
+    rows = [(key, path) for key, path in RATIO_FIGURES]
+    if any(dig(result, ("storm",)) for _, result, _ in columns):
+        rows += STORM_FIGURES
+    header = ["figure"] + [name + (" (median; runs)" if len(runs) > 1 else "") for name, _, runs in columns]
+    if ratio is not None:
+        header.append("ratio")
+    lines = [header]
+    for key, path in rows:
+        line = [key]
+        for _, result, runs in columns:
+            cell = _fmt(dig(result, path))
+            if len(runs) > 1:
+                cell += " (%s)" % " / ".join(_fmt(dig(r, path)) for r in runs)
+            line.append(cell)
+        if ratio is not None:
+            line.append(_fmt(ratio.get(key)))
+        lines.append(line)
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
+
+
+# ---- command line -------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    """The driver's options (bench/flush_curve.py adds its own)."""
+    p = argparse.ArgumentParser(description="gagent benchmark driver (issues 3, 10, 12)")
     p.add_argument("--miners", type=int, default=10000)
     p.add_argument("--seconds", type=float, default=60.0, help="load phase length")
     p.add_argument("--share-interval", type=float, default=10.0, help="seconds between shares of a miner")
     p.add_argument("--job-interval", type=float, default=30.0, help="seconds between new jobs")
-    p.add_argument("--storm", action="store_true", help="drop every upstream after the load phase")
-    p.add_argument("--storm-timeout", type=float, default=60.0)
+    p.add_argument("--storm", nargs="?", const="restart", choices=("restart", "stall"), default=None,
+                   help="after the load phase the pool fails while miners keep submitting: 'restart' "
+                        "(default) resets every agent connection and refuses connects for "
+                        "--storm-outage s; 'stall' stops reading for --storm-outage s, then closes all")
+    p.add_argument("--storm-outage", type=float, default=3.0, help="seconds the pool stays down")
+    p.add_argument("--storm-timeout", type=float, default=60.0,
+                   help="seconds after resume to wait for every miner to be mining again")
+    p.add_argument("--pool-recv-buffer", type=int, default=None, metavar="BYTES",
+                   help="SO_RCVBUF of the pool's sockets (a stalled pool then blocks the agent's writes "
+                        "after about this much)")
     p.add_argument("--connect-timeout", type=float, default=180.0)
     p.add_argument("--connect-batch", type=int, default=100,
                    help="load generator: miners between connect() and the authorize answer at once")
-    p.add_argument("--difficulty", type=float, default=1.0, help="pool default difficulty (irrelevant)")
+    p.add_argument("--difficulty", type=float, default=1.0,
+                   help="pool default difficulty (irrelevant to gagent; the C++ agent needs an integer)")
     p.add_argument("--agent-command", help="run this instead of `python -m gagent` (gets -c CONF "
                                             "appended), e.g. to compare another build of the agent")
-    p.add_argument("--agent-config", help="JSON object merged into the agent's config, e.g. "
+    p.add_argument("--agent-config", help="JSON object merged into the agent's config (both agents' "
+                                           "with --compare), e.g. "
                                            "'{\"advanced\": {\"pool_connection_number_per_subaccount\": 1}}'")
+    p.add_argument("--compare", metavar="CMD",
+                   help="also run the same scenario for the agent CMD (gets -c CONF -l LOGDIR appended; "
+                        "LOGDIR is bench/out/agent-*.d) and report gagent / other ratios")
+    p.add_argument("--compare-config", help="JSON object merged into the other agent's config only")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="run each agent N times (alternating with --compare); figures are medians")
     p.add_argument("--label", default="", help="free text stored with the result")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    if args.repeat < 1:
+        raise SystemExit("--repeat must be at least 1")
+    if args.compare and not float(args.difficulty).is_integer():
+        print("warning: the C++ agent needs an integer --difficulty (it parses it with strtoul)",
+              file=sys.stderr)
+    return args
+
+
+def run_all(args: argparse.Namespace, base_config: Optional[Dict[str, Any]] = None,
+            quiet: bool = False) -> Tuple[Dict[str, List[Dict[str, Any]]], bool]:
+    """Run gagent (and the --compare agent) `--repeat` times, alternating; appends each result to
+    bench/out/results.jsonl. Returns ({agent name: [result, ...]}, every run succeeded)."""
+    if base_config is None:
+        base_config = json.loads(args.agent_config) if args.agent_config else None
+    sides: List[Tuple[str, Optional[str], Optional[Dict[str, Any]], bool]] = [
+        ("gagent", args.agent_command, base_config, False)]
+    if args.compare:
+        other = deep_merge(base_config, json.loads(args.compare_config) if args.compare_config else None)
+        sides.append(("other", args.compare, other or None, True))
+    runs: Dict[str, List[Dict[str, Any]]] = {name: [] for name, _, _, _ in sides}
+    several = args.repeat > 1 or len(sides) > 1
+    ok = True
+    for i in range(args.repeat):
+        for name, command, config, log_dir_flag in sides:
+            tag = "-%s-%d" % (name, i + 1) if several else ""
+            if not quiet:
+                print("run %d/%d: %s ..." % (i + 1, args.repeat, name), file=sys.stderr, flush=True)
+            try:
+                result = Run(args, name, command, config, log_dir_flag, tag).execute()
+            except Exception as exc:   # one failed run must not lose the others' figures
+                ok = False
+                result = {"agent": name, "agent_command": command, "error": "%s: %s" % (
+                    exc.__class__.__name__, exc)}
+                print("run %d/%d: %s failed: %s" % (i + 1, args.repeat, name, result["error"]),
+                      file=sys.stderr, flush=True)
+            if args.label:
+                result["label"] = args.label
+            with open(os.path.join(OUT_DIR, "results.jsonl"), "a") as f:
+                f.write(json.dumps(result) + "\n")
+            runs[name].append(result)
+    return runs, ok
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    result = Run(args).execute()
-    if args.label:
-        result["label"] = args.label
-    line = json.dumps(result, sort_keys=False)
-    print(line)
-    with open(os.path.join(OUT_DIR, "results.jsonl"), "a") as f:
-        f.write(line + "\n")
-    return 0
+    os.makedirs(OUT_DIR, exist_ok=True)
+    runs, ok = run_all(args)
+    ours = median_result(runs["gagent"])
+    if args.compare:
+        other = median_result(runs["other"])
+        ratio = ratios(ours, other)
+        doc: Dict[str, Any] = {"compare": args.compare, "repeat": args.repeat, "gagent": ours,
+                               "other": other, "ratio": ratio, "runs": runs}
+        print(table([("gagent", ours, runs["gagent"]), ("other", other, runs["other"])], ratio),
+              file=sys.stderr)
+    else:
+        doc = ours if args.repeat == 1 else dict(ours, repeat=args.repeat, runs=runs["gagent"])
+        print(table([("gagent", ours, runs["gagent"])]), file=sys.stderr)
+    print(json.dumps(doc, sort_keys=False))
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
