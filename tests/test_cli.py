@@ -16,19 +16,43 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def write_agent_conf(tmp_path, pool, connections: int):
-    """An agent_conf.json on a free port for `pool`; returns (port, path)."""
+def write_agent_conf(tmp_path, pool, connections: int, http_listen: str = "", **keys):
+    """An agent_conf.json on a free port for `pool`; returns (port, path).
+
+    `http_listen` defaults to "" (status listener off) so no test ever binds the default port 8080.
+    """
     port = free_port()
     conf = tmp_path / "agent_conf.json"
-    conf.write_text(json.dumps({"agent_listen_ip": "127.0.0.1", "agent_listen_port": port,
-                                "pools": [["127.0.0.1", pool.address[1], "demo"]],
-                                "advanced": {"pool_connection_number_per_subaccount": connections}}))
+    conf.write_text(json.dumps(dict({"agent_listen_ip": "127.0.0.1", "agent_listen_port": port,
+                                     "pools": [["127.0.0.1", pool.address[1], "demo"]],
+                                     "http_listen": http_listen,
+                                     "advanced": {"pool_connection_number_per_subaccount": connections}},
+                                    **keys)))
     return port, conf
+
+
+def http_get(port: int, path: str):
+    """(status, body) from the agent's status listener, without blocking the hub (the pool runs here)."""
+    from gevent import socket
+    sock = socket.create_connection(("127.0.0.1", port), timeout=wait(5))
+    try:
+        sock.sendall(("GET %s HTTP/1.0\r\n\r\n" % path).encode())
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        sock.close()
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
 
 
 @pytest.mark.timeout(60)
 def test_gagent_serves_miners_logs_to_logdir_and_stops_on_sigterm(pool, tmp_path):
-    port, conf = write_agent_conf(tmp_path, pool, connections=2)
+    http_port = free_port()
+    port, conf = write_agent_conf(tmp_path, pool, connections=2, http_listen="127.0.0.1:%d" % http_port)
     logdir = tmp_path / "logs"
     process = subprocess.Popen([sys.executable, "-m", "gagent", "-c", str(conf), "-l", str(logdir)])
     try:
@@ -37,6 +61,10 @@ def test_gagent_serves_miners_logs_to_logdir_and_stops_on_sigterm(pool, tmp_path
         client.login("demo.cli")
         assert wait_until(lambda: any(w == ("cgminer/4.11", "cli") for c in pool.authorized
                                       for w in c.workers.values()))
+        assert http_get(http_port, "/healthz") == (200, b"ok\n")
+        status = json.loads(http_get(http_port, "/status.json")[1])
+        assert [m["worker"] for m in status["miners"]] == ["cli"]
+        assert b"gagent_miners_connected 1.0" in http_get(http_port, "/metrics")[1]
         client.close()
         process.send_signal(signal.SIGTERM)
         assert wait_until(lambda: process.poll() is not None, timeout=10), "agent did not stop on SIGTERM"
@@ -48,6 +76,52 @@ def test_gagent_serves_miners_logs_to_logdir_and_stops_on_sigterm(pool, tmp_path
     log_text = (logdir / "gagent.log").read_text()
     assert "listening for miners on 127.0.0.1:%d" % port in log_text
     assert "authorized at 127.0.0.1:%d as demo" % pool.address[1] in log_text
+    assert "status page on http://127.0.0.1:%d/" % http_port in log_text
+
+
+def run_gagent(*args):
+    return subprocess.run([sys.executable, "-m", "gagent", *args], capture_output=True, text=True,
+                          timeout=wait(30))
+
+
+@pytest.mark.timeout(60)
+def test_check_config_prints_the_effective_settings_with_secrets_masked(tmp_path):
+    conf = tmp_path / "agent_conf.json"
+    conf.write_text(json.dumps({"pools": [["pool.example", 1800, "mysub"]], "http_listen": "",
+                                "proxy": ["socks5://alice:s3cret@10.0.0.1:1080", "http://10.0.0.2:3128"],
+                                "advanced": {"pool_connection_number_per_subaccount": 3}}))
+    result = run_gagent("--check-config", "-c", str(conf), "--agent-listen-port", "3334")
+    assert result.returncode == 0, result.stderr
+    settings = json.loads(result.stdout)
+    assert settings["pools"] == [["pool.example", 1800, "mysub"]]
+    assert settings["agent_listen_port"] == 3334            # the command line wins
+    assert settings["pool_connection_number_per_subaccount"] == 3
+    assert settings["http_listen"] == "" and settings["log_max_bytes"] == 50 << 20
+    assert settings["proxy"] == ["socks5://alice:***@10.0.0.1:1080", "http://10.0.0.2:3128"]
+    assert "s3cret" not in result.stdout + result.stderr
+    assert "check_config" not in settings
+
+
+@pytest.mark.timeout(60)
+def test_check_config_with_a_bad_config_exits_2_with_one_line(tmp_path):
+    conf = tmp_path / "agent_conf.json"
+    conf.write_text(json.dumps({"pools": [["pool.example", 1800, "mysub"]], "http_listen": "localhost"}))
+    result = run_gagent("--check-config", "-c", str(conf))
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        'gagent: configuration error: http_listen: expected "host:port" (e.g. "127.0.0.1:8080") or "" to '
+        "turn it off, got 'localhost'"]
+
+
+def test_secrets_are_masked():
+    from gagent.cli import effective_settings, mask_url
+    from gagent.config import config_from_dict
+    assert mask_url("socks5://bob:pw@h:1") == "socks5://bob:***@h:1"
+    assert mask_url("socks5h://bob@h:1") == "socks5h://bob@h:1"
+    assert mask_url("not a url") == "not a url"
+    config = config_from_dict({"pools": [["h", 1, "s"]]})
+    config.proxy_password = "hunter2"  # a future secret key is masked by its name
+    assert effective_settings(config)["proxy_password"] == "***"
 
 
 @pytest.mark.timeout(60)
