@@ -56,8 +56,9 @@ ADVANCED_DEFAULTS: Dict[str, Any] = {
     "upstream_grace_seconds": 30.0,
     "pool_failback_seconds": 300.0,
 }
-# Keys accepted (they are part of the BTCAgent configuration) whose behaviour is not built yet.
-NOT_YET_SUPPORTED = ("multi_user_mode", "always_keep_downconn", "pool_use_tls", "proxy")
+# Keys of the BTCAgent configuration whose behaviour is not built yet: gagent refuses to start when
+# one is set rather than run in a way that credits shares to the wrong account.
+NOT_YET_SUPPORTED = ("multi_user_mode",)
 # Keys of the original agents that have no meaning here; accepted silently.
 IGNORED_KEYS = ("agent_type", "use_iocp", "use_proxy", "direct_connect_with_proxy",
                 "direct_connect_after_proxy", "http_debug")
@@ -159,6 +160,12 @@ def _parse_proxy(value: Any) -> List[str]:
         value = [item for item in value.split(",") if item]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ConfigError("proxy: expected a list of proxy URLs (socks5://…, http://…), got %r" % (value,))
+    from .connect import parse_proxy_url
+    for n, url in enumerate(value):
+        try:
+            parse_proxy_url(url)
+        except ValueError as exc:
+            raise ConfigError("proxy[%d]: %s" % (n, exc)) from None
     return value
 
 
@@ -213,7 +220,8 @@ def validate(raw: Dict[str, Any]) -> Config:
         raise ConfigError("log_level: expected DEBUG, INFO, WARNING or ERROR, got %r" % raw.get("log_level"))
     for key in NOT_YET_SUPPORTED:
         if values[key] != TOP_LEVEL_DEFAULTS[key]:
-            log.warning("%s is set but not supported by this version of gagent yet; it has no effect", key)
+            raise ConfigError("%s is not supported by this version of gagent yet; remove it (or set it to %s)"
+                              % (key, simplejson.dumps(TOP_LEVEL_DEFAULTS[key])))
     return Config(values)
 
 

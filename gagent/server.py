@@ -7,13 +7,14 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 import gevent
-from gevent import get_hub, socket
+from gevent import get_hub
 from gevent.event import Event
 from gevent.server import StreamServer
 from greenlet import greenlet
 
 from . import tcp
 from .config import Config, PoolEntry
+from .connect import open_pool_socket, parse_proxy_url
 from .counters import Counters
 from .errors import log_unexpected
 from .miner import MinerSession
@@ -86,6 +87,7 @@ class Agent:
         main = PoolSet(config, config.pools[0].sub_account, config.pools, self.counters, self.open_pool_socket)
         main.on_ready = self._upstream_ready
         self.pool_sets[main.sub_account] = main
+        self._proxies = [parse_proxy_url(url) for url in config.proxy]
         self._unsubscribed: Dict[MinerSession, float] = {}
         self._ready = Event()
         self._server: Optional[MinerListener] = None
@@ -120,8 +122,11 @@ class Agent:
         return None
 
     def open_pool_socket(self, pool: PoolEntry) -> Any:
-        """A connected socket to a pool entry."""
-        return socket.create_connection((pool.host, pool.port), timeout=self.config.pool_connection_dial_timeout_seconds)
+        """A connected socket to a pool entry: through the configured proxies, with TLS if configured."""
+        config = self.config
+        return open_pool_socket(pool.host, pool.port, config.pool_connection_dial_timeout_seconds,
+                                proxies=self._proxies, tls=config.pool_use_tls,
+                                verify=not config.tls_skip_certificate_verify, ca_file=config.tls_ca_file or None)
 
     def start(self) -> None:
         """Bind the miner port (raises OSError if taken) and start connecting to the pools."""

@@ -46,6 +46,7 @@ FULL_SEGMENT = 1400           # queued frames this large leave at once, whatever
 MAX_UNSENT_BYTES = 4 << 20    # the pool stopped taking bytes: past this the connection is broken
 ACK_POLL_SECONDS = 0.005      # how often answers waiting for the pool's TCP acknowledgement are checked
 MAX_DIFF_EXP = 64             # MINING_SET_DIFF beyond 2^64 is not a difficulty
+ASKED_TO_RECONNECT = "the pool asked us to reconnect"
 
 
 class PoolRefused(Exception):
@@ -101,6 +102,7 @@ class UpstreamSession:
         self._greenlet: Optional[gevent.Greenlet] = None
         self._writer: Optional[gevent.Greenlet] = None
         self._stopping = False
+        self._authorized = False
         self._unknown_methods: set = set()
         self._reported: set = set()
 
@@ -220,8 +222,12 @@ class UpstreamSession:
                 return
             served = self._ready_at and time.time() - self._ready_at >= STABLE_SECONDS
             was_ready, self._ready_at = bool(self._ready_at), 0.0
+            if was_ready and reason == ASKED_TO_RECONNECT and not backoff.failures:
+                backoff.failures = 1  # honoured at once; a pool that keeps asking gets back-off
+                served = True
             if served:
-                backoff.reset()
+                if reason != ASKED_TO_RECONNECT:
+                    backoff.reset()
                 self.counters.upstream_reconnects += 1
                 log.warning("%s: connection to %s:%d lost (%s); reconnecting now", self.name, pool.host,
                             pool.port, reason)
@@ -252,7 +258,7 @@ class UpstreamSession:
         try:
             self._serve(pool)
         except Reconnect:
-            return "the pool asked us to reconnect"
+            return ASKED_TO_RECONNECT
         except PoolRefused as exc:
             return "refused: %s" % exc
         except (OSError, ProtocolError) as exc:
@@ -278,10 +284,15 @@ class UpstreamSession:
         sock.sendall(self._handshake(pool.sub_account))
         splitter = StreamSplitter(max_line=POOL_MAX_LINE)
         writer = None
+        loop = gevent.get_hub().loop
+        handshake_deadline = loop.now() + config.pool_connection_dial_timeout_seconds
         while True:
             data = sock.recv(RECV_SIZE)
             if not data:
                 raise OSError("pool closed the connection")
+            if not self.ready and loop.now() > handshake_deadline:
+                raise ProtocolError("no authorization and starting difficulty within %.0f s of connecting"
+                                    % config.pool_connection_dial_timeout_seconds)
             self.bytes_received += len(data)
             for item in splitter.feed(data):
                 if type(item) is Frame:
@@ -318,6 +329,7 @@ class UpstreamSession:
     def _close_connection(self, reason: str) -> None:
         """Forget the connection; unanswered shares get an error, miners go back to the pool set."""
         self.ready = False
+        self._authorized = False
         if self._writer is not None:
             if self._writer is not gevent.getcurrent():
                 self._writer.kill(block=False)
@@ -475,7 +487,9 @@ class UpstreamSession:
         elif msg_id == "auth":
             if result is not True:
                 raise PoolRefused("sub-account %r not authorized: %.200r" % (self.pool.sub_account, error or result))
-            self._become_ready()
+            self._authorized = True
+            if self.difficulty is not None:
+                self._become_ready()
         elif msg_id in ("caps", "caps_again") and isinstance(result, dict):
             caps = result.get("capabilities")
             self.pool_capabilities = tuple(c for c in caps if isinstance(c, str))[:16] if isinstance(caps, list) else ()
@@ -503,11 +517,9 @@ class UpstreamSession:
             # Without a starting difficulty the connection cannot serve: fail the attempt (back-off).
             raise ProtocolError("first mining.set_difficulty %.80r is not a difficulty (0 < d <= 2^64)"
                                 % (params,))
-        self.difficulty = value
-        line = stratum.set_difficulty_line(value)
-        for miner in list(self.miners.values()):
-            miner.difficulty = value
-            miner.send(line)
+        self.difficulty = value  # no miner is attached yet: they come once the connection is ready
+        if self._authorized:
+            self._become_ready()
 
     def _on_set_version_mask(self, params: Any) -> None:
         mask = stratum.parse_hex32(params[0]) if isinstance(params, list) and params else None

@@ -161,15 +161,12 @@ def parse_short_job_id(value: Any) -> Optional[int]:
 
 def parse_difficulty(value: Any) -> Optional[float]:
     """A pool difficulty: a finite number with 0 < d <= 2^64 (not a bool, not a string), else None."""
-    if type(value) not in (int, float):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:  # an integer literal beyond float range
-        return None
-    if not 0 < number <= MAX_DIFFICULTY:
-        return None
-    return value
+    kind = type(value)
+    if kind is int:
+        return value if 0 < value <= 1 << 64 else None  # exact: 2^64 + 1 rounds to 2^64 as a float
+    if kind is float and 0 < value <= MAX_DIFFICULTY:
+        return value
+    return None
 
 
 def is_hex(value: Any, length: Optional[int] = None) -> bool:

@@ -1,0 +1,274 @@
+"""Hostile and broken peers (issue 13): one bad message costs at most its sender, never a pool connection.
+
+Each test sends the input through real sockets and checks that the other miners on the same pool
+connection keep having their shares written and answered, that the offender gets an error or a
+clean disconnect, that the agent stays idle, and that the log holds no traceback.
+"""
+import json
+import logging
+
+import gevent
+import psutil
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gagent.sim.pool import PoolSimulator
+
+from conftest import TINY_DIFFICULTY, LineClient, make_agent, wait, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def share_params(client, job, n):
+    return [client.worker, job[0], "%08x" % n, job[7], "%08x" % n]
+
+
+def logged_in(agent, name):
+    client = LineClient(agent.address)
+    _, seen = client.login("demo." + name)
+    client.worker = "demo." + name
+    client.job = seen[-1]["params"]
+    return client
+
+
+def assert_share_path_works(client, pool, count=3):
+    """A healthy miner's shares are still written upstream and answered."""
+    before = pool.shares_received
+    for n in range(count):
+        msg_id = client.request("mining.submit", share_params(client, client.job, 1000 + n))
+        assert client.answer(msg_id, timeout=10)["result"] is True
+    assert wait_until(lambda: pool.shares_received >= before + count)
+
+
+def assert_no_traceback(caplog):
+    assert "Traceback" not in caplog.text
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+def assert_idle_cpu(seconds=1.0):
+    process = psutil.Process()
+    before = process.cpu_times()
+    gevent.sleep(seconds)
+    after = process.cpu_times()
+    used = (after.user - before.user) + (after.system - before.system)
+    assert used < 0.5 * seconds, "agent busy: %.2f s of CPU in %.1f s" % (used, seconds)
+
+
+@pytest.mark.parametrize("raw_id", ["Infinity", "-Infinity", "NaN", "1e309", "{\"a\":1}", "[1,2]",
+                                    "1" * 40, "true", "[[[[[[[[[[1]]]]]]]]]]"])
+def test_a_share_id_that_cannot_be_echoed_never_wedges_the_connection(pool, agent, caplog, raw_id):
+    good = logged_in(agent, "good")
+    bad = logged_in(agent, "bad")
+    try:
+        for _ in range(3):  # the device reconnects and does it again
+            bad.send_raw(b'{"id":%s,"method":"mining.submit","params":%s}\n'
+                         % (raw_id.encode(), json.dumps(share_params(bad, bad.job, 7)).encode()))
+            answer = bad.read()
+            assert answer is not None and answer["id"] is None and answer["error"][0] == 27
+        assert_share_path_works(good, pool)
+        assert_no_traceback(caplog)
+    finally:
+        good.close()
+        bad.close()
+
+
+@pytest.mark.parametrize("payload", [b"[" * 5000 + b"]" * 5000, b"[" * 100000,
+                                     b'{"id":' + b"[" * 988 + b"1" + b"]" * 988 + b',"method":"mining.submit","params":[]}'])
+def test_deeply_nested_json_gets_an_error_not_a_traceback(pool, agent, caplog, payload):
+    good = logged_in(agent, "good")
+    bad = LineClient(agent.address)
+    try:
+        bad.send_raw(payload + b"\n")
+        answer = bad.read()
+        assert answer is None or answer["error"][0] == 27  # over 16 KB: a clean disconnect
+        assert_share_path_works(good, pool)
+        assert_no_traceback(caplog)
+    finally:
+        good.close()
+        bad.close()
+
+
+@pytest.mark.parametrize("job_id", ["²", "٣", ["1"], {"x": 1}, None, True, "0x1", "-1", " 1", "256"])
+def test_strange_job_ids_from_a_miner_get_21_or_27(pool, agent, caplog, job_id):
+    client = logged_in(agent, "odd")
+    try:
+        params = share_params(client, client.job, 5)
+        params[1] = job_id
+        assert client.answer(client.request("mining.submit", params))["error"][0] in (21, 27)
+        assert_share_path_works(client, pool)
+        assert_no_traceback(caplog)
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("difficulty", ["1e400", "\"1e400\"", "NaN", "-Infinity", "0", "-5", "1" + "0" * 400,
+                                        "true", "[1]", "18446744073709551617"])
+def test_an_impossible_first_difficulty_backs_off_instead_of_looping(difficulty, caplog):
+    pool = PoolSimulator(default_difficulty=TINY_DIFFICULTY, first_difficulty=difficulty).start()
+    agent = make_agent(pool)
+    agent.start()
+    try:
+        gevent.sleep(wait(2))
+        assert not agent.upstreams[0].ready  # a connection without a starting difficulty serves no miner
+        assert pool.connections_total <= 4  # 0.5, 1, 2 s of back-off, not thousands of redials
+        assert_idle_cpu()
+        assert "not a difficulty" in caplog.text or "out of range" in caplog.text or "not a JSON number" in caplog.text
+        assert_no_traceback(caplog)
+    finally:
+        agent.stop()
+        pool.stop()
+
+
+def test_a_pool_that_authorizes_then_closes_is_retried_with_backoff_then_the_next_pool(pool, caplog):
+    flapping = PoolSimulator(default_difficulty=TINY_DIFFICULTY, close_after_authorize=True).start()
+    from gagent.config import config_from_dict
+    from gagent.server import Agent
+    agent = Agent(config_from_dict({
+        "agent_listen_ip": "127.0.0.1", "agent_listen_port": 0,
+        "pools": [["127.0.0.1", flapping.address[1], "demo"], ["127.0.0.1", pool.address[1], "demo"]],
+        "advanced": {"pool_connection_number_per_subaccount": 1}}))
+    agent.start()
+    try:
+        assert wait_until(lambda: agent.upstreams[0].ready and agent.upstreams[0].pool.port == pool.address[1],
+                          timeout=10)
+        gevent.sleep(wait(2))
+        assert flapping.connections_total <= 4
+        assert_idle_cpu()
+        assert_no_traceback(caplog)
+    finally:
+        agent.stop()
+        flapping.stop()
+
+
+@pytest.mark.parametrize("kwargs, expect", [
+    ({"extranonce1_override": "0x123456"}, "not 8 hex digits"),
+    ({"extranonce1_override": "１２３４５６７８"}, "not 8 hex digits"),
+    ({"raw_after_authorize": '{"id":null,"method":"mining.notify","params":["²","%s","00","00",[],"20000000","1d00ffff","5a7fba00",true]}\n'
+                             % ("00" * 32)}, "not a short id"),
+    ({"raw_after_authorize": b'{"id":null,"method":["mining.notify"],"params":[]}\n'}, "not a name"),
+    ({"raw_after_authorize": b'{"id":null,"method":"mining.set_version_mask","params":["0x1fffe000"]}\n'}, "set_version_mask"),
+])
+def test_bad_values_from_the_pool_are_refused_where_they_are_parsed(kwargs, expect, caplog):
+    kwargs = {k: v.encode() if isinstance(v, str) and k == "raw_after_authorize" else v for k, v in kwargs.items()}
+    pool = PoolSimulator(default_difficulty=TINY_DIFFICULTY, **kwargs).start()
+    agent = make_agent(pool)
+    agent.start()
+    try:
+        assert wait_until(lambda: expect in caplog.text, timeout=5), caplog.text
+        gevent.sleep(wait(0.5))
+        assert_idle_cpu()
+        assert_no_traceback(caplog)
+        if "extranonce1_override" not in kwargs:  # ignored message: the connection still serves miners
+            client = logged_in(agent, "fine")
+            try:
+                assert_share_path_works(client, pool)
+            finally:
+                client.close()
+    finally:
+        agent.stop()
+        pool.stop()
+
+
+def test_authorize_racing_a_reset_never_leaves_a_closed_miner_attached(pool, agent_factory):
+    """Thousands of subscribe + authorize + RST cycles with the hub kept busy: afterwards no closed
+    miner is attached anywhere and the pool saw exactly one UNREGISTER per REGISTER."""
+    import socket
+    import struct
+    agent = agent_factory()
+    conn = pool.authorized[0]
+    hog_running = [True]
+
+    def hog():  # keep the hub busy now and then, as a fan-out or a slow callback would
+        while hog_running[0]:
+            sum(range(20000))
+            gevent.sleep(0.001)
+
+    busy = gevent.spawn(hog)
+
+    def cycle(n):
+        sock = socket.create_connection(agent.address)
+        sock.sendall(b'{"id":1,"method":"mining.subscribe","params":[]}\n'
+                     b'{"id":2,"method":"mining.authorize","params":["demo.race%d","x"]}\n' % n)
+        if n % 3:
+            gevent.sleep(0.0005 * (n % 4))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # RST
+
+    try:
+        for start in range(0, 3000, 100):
+            gevent.joinall([gevent.spawn(cycle, n) for n in range(start, start + 100)])
+    finally:
+        hog_running[0] = False
+        busy.join()
+    assert wait_until(lambda: not agent.miners, timeout=10)
+    for upstream in agent.upstreams:
+        assert not upstream.miners, "closed miners still attached: %r" % list(upstream.miners.values())[:3]
+    assert not any(ps.holding.miners for ps in agent.pool_sets.values())
+    assert wait_until(lambda: pool.registers() == pool.unregisters(), timeout=10), \
+        (pool.registers(), pool.unregisters())
+    assert not conn.workers
+    fresh = logged_in(agent, "after")
+    try:
+        assert_share_path_works(fresh, pool)
+        assert wait_until(lambda: pool.stats.get(("demo", "after")) is not None)
+    finally:
+        fresh.close()
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12)
+MINER_METHODS = ["mining.subscribe", "mining.authorize", "mining.configure", "mining.submit",
+                 "mining.extranonce.subscribe", "mining.suggest_difficulty", "mining.multi_version", "x"]
+
+
+@pytest.fixture(scope="module")
+def shared_farm():
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    pool = PoolSimulator(default_difficulty=TINY_DIFFICULTY).start()
+    agent = make_agent(pool)
+    agent.start()
+    assert agent.wait_ready(wait(5))
+    good = logged_in(agent, "steady")
+    yield pool, agent, good
+    good.close()
+    agent.stop()
+    pool.stop()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(method=st.sampled_from(MINER_METHODS), msg_id=JSON_VALUES, params=JSON_VALUES, login_first=st.booleans())
+def test_random_json_into_every_miner_method(shared_farm, method, msg_id, params, login_first):
+    pool, agent, good = shared_farm
+    client = LineClient(agent.address)
+    try:
+        if login_first:
+            client.login("demo.fuzz")
+        client.send_raw(json.dumps({"id": msg_id, "method": method, "params": params}).encode() + b"\n")
+        client.send_raw(b'{"id":"probe","method":"mining.multi_version","params":[1]}\n')
+        answered = client.read_until(lambda m: m.get("id") == "probe", timeout=5)
+        assert answered
+    except AssertionError:
+        pass  # the agent may close a miner that broke the protocol; it must not break anyone else
+    finally:
+        client.close()
+    msg_id = good.request("mining.submit", share_params(good, good.job, 77))
+    assert good.answer(msg_id, timeout=10)["result"] is True
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(method=st.sampled_from(["mining.notify", "mining.set_difficulty", "mining.set_version_mask",
+                               "mining.set_extranonce", "x"]), params=JSON_VALUES)
+def test_random_json_in_every_pool_notification(shared_farm, method, params):
+    pool, agent, good = shared_farm
+    pool.send_raw_all(json.dumps({"id": None, "method": method, "params": params}).encode() + b"\n")
+    assert wait_until(lambda: agent.upstreams[0].ready, timeout=10)
+    if not pool.authorized:
+        return
+    assert pool.connections_total == 1  # nothing in a notification tears the connection down
+    msg_id = good.request("mining.submit", share_params(good, good.job, 78))
+    assert good.answer(msg_id, timeout=10)["result"] is True
