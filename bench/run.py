@@ -29,7 +29,6 @@ import resource  # noqa: E402
 import shlex  # noqa: E402
 import socket  # noqa: E402
 import statistics  # noqa: E402
-import struct  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -195,14 +194,12 @@ class PoolRecorder:
             self.notify_times[key] = t_sent
 
     def read_keys(self) -> Set[ShareKey]:
-        """Every share the pool read from the agent, as (miner extranonce1, extranonce2, nonce)."""
+        """Every share the pool read and judged, as (miner extranonce1, extranonce2, nonce)."""
         keys = set(self.share_times)
-        share_keys = getattr(self.pool, "share_keys", None)
-        if share_keys is not None:   # also shares of miners the pool did not know (not in on_share)
-            for entry in share_keys():
-                key = normalize_share_key(*entry[-3:])
-                if key is not None:
-                    keys.add(key)
+        for _conn_en1, sid, en2, nonce in self.pool.share_keys():
+            key = normalize_share_key(sid, en2, nonce)
+            if key is not None:
+                keys.add(key)
         return keys
 
 
@@ -229,35 +226,6 @@ def conn_extranonce1(conn: Any) -> str:
     if en1 is None:
         en1 = getattr(conn, "en1", "")
     return "%08x" % en1 if isinstance(en1, int) else str(en1)
-
-
-# ---- pool failures (PoolSimulator fault methods, with stand-ins while they are missing) ---------
-
-def pool_reset_all(pool: Any) -> None:
-    """RST every agent connection: `pool.reset_all()`, or SO_LINGER 0 + close where it is missing."""
-    if hasattr(pool, "reset_all"):
-        pool.reset_all()
-        return
-    for conn in list(pool.connections):   # stand-in: an abortive close sends RST instead of FIN
-        try:
-            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            conn.sock.close()
-        except OSError:
-            pass
-        conn.close()
-
-
-def pool_stop_reading(pool: Any) -> None:
-    """The pool stops reading from every agent connection (the agent's bytes stay in the kernel)."""
-    if not hasattr(pool, "stop_reading"):
-        raise RuntimeError("--storm stall needs PoolSimulator.stop_reading() (gagent/sim/pool.py)")
-    pool.stop_reading()
-
-
-def pool_resume_reading(pool: Any) -> None:
-    """Undo `pool_stop_reading` (for the connections the agent opens afterwards)."""
-    if hasattr(pool, "resume_reading"):
-        pool.resume_reading()
 
 
 # ---- the load generator -------------------------------------------------------------------------
@@ -552,17 +520,17 @@ class Run:
         t_storm = time.time()
         if kind == "restart":
             pool.pause_listening()
-            pool_reset_all(pool)
+            pool.reset_all()
         else:
-            pool_stop_reading(pool)
+            pool.stop_reading()   # every connection, and those accepted until resume_reading()
         gevent.sleep(outage)
         stale = sorted(self.recorder.notify_keys)   # every notify the pool sent before resume
         t_resume = time.time()
         if kind == "restart":
             pool.resume_listening()
         else:
-            pool.close_all()
-            pool_resume_reading(pool)
+            pool.close_all()        # first: the unread bytes go with the connections
+            pool.resume_reading()
         # a notify sent after resume also to any connection the agent opened during the outage
         pool.new_job(clean=False, branches=12)
         loadgen.command(cmd="mark", stale=stale)
