@@ -93,7 +93,7 @@ class Miner:
 class NotifyInfo:
     """What a distinct notify line says, parsed once for every miner that receives it."""
 
-    __slots__ = ("job_id", "pool_en1", "ntime", "clean", "times", "stale")
+    __slots__ = ("job_id", "pool_en1", "ntime", "clean", "times", "stale", "submit_id")
 
     def __init__(self, job_id: str, pool_en1: str, ntime: str, clean: bool, stale: bool = False) -> None:
         self.job_id = job_id
@@ -366,13 +366,16 @@ class LoadGen:
         info = self.notifies.get(line)
         if info is None:
             params = json.loads(line)["params"]
-            info = NotifyInfo(params[0], params[2][-8:], params[7], bool(params[8]))
+            job_id = params[0]  # gagent tags the pool's short id per connection: tag * 256 + short id
+            short_id = str(int(job_id) & 0xFF) if job_id.isdigit() else job_id
+            info = NotifyInfo(short_id, params[2][-8:], params[7], bool(params[8]))
+            info.submit_id = job_id
             if self.stale_keys is not None:
                 info.stale = (info.pool_en1, str(info.job_id)) in self.stale_keys
             self.notifies[line] = info
         info.times.append(now)
         self.counts["notifies"] += 1
-        m.job, m.ntime, m.note, m.fresh = info.job_id, info.ntime, info, not info.stale
+        m.job, m.ntime, m.note, m.fresh = info.submit_id, info.ntime, info, not info.stale
 
     def _submit(self, m: Miner) -> None:
         m.en2 = (m.en2 + 1) & 0xFFFFFFFF

@@ -1,22 +1,18 @@
 """One pool connection slot (upstream session) speaking the BTCAgent protocol.
 
 A reader greenlet owns the connection: it dials, handshakes, and turns the pool's jobs, difficulty
-and share answers into bytes for the attached miners in the order the pool sent them. A writer
-greenlet sends what miners queued (REGISTER/UNREGISTER/SUBMIT frames) once the flush window has
-passed or a full segment is waiting. Without `subres`, a share is answered `true` only once the
-pool's TCP stack has acknowledged its bytes, so a dying path cannot swallow shares behind a `true`.
+and share answers into bytes for the attached miners in the order the pool sent them. The sending
+half (batching, and answering shares once they reached the pool) is `uplink.Uplink`.
 
 The slot belongs to a pool set (`poolset.PoolSet`), which it tells when it becomes ready and which
 takes its miners when the connection is lost; the slot itself never disconnects a miner.
 """
 import logging
 import time
-from collections import deque
-from typing import TYPE_CHECKING, Any, Deque, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import gevent
 from gevent import socket
-from gevent.event import Event
 
 from . import __version__, tcp
 from .config import Config, PoolEntry
@@ -26,8 +22,9 @@ from .protocol import stratum
 from .protocol.exmessage import (CMD_MINING_SET_DIFF, CMD_SUBMIT_RESPONSE, Frame, ProtocolError,
                                  StreamSplitter, decode_mining_set_diff, decode_submit_response,
                                  encode_register_worker, encode_submit_share, encode_unregister_worker)
-from .protocol.jobs import AgentJob, JobError, agent_notify
-from .protocol.stratum import JOB_NOT_FOUND_OR_STALE, parse_short_job_id
+from .protocol.jobs import MAX_TAG, AgentJob, JobError, agent_notify, parse_miner_job_id
+from .protocol.stratum import JOB_NOT_FOUND_OR_STALE
+from .uplink import Uplink
 from .upstream_api import QUEUED
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -42,11 +39,12 @@ POOL_MAX_CONTAINERS = 64      # a notify with its merkle branches has 3
 RECV_SIZE = 65536
 FAN_OUT_BATCH = 256           # miners served between yields to the hub during a job fan-out
 STABLE_SECONDS = 5.0          # ready for less than this, then lost: a failed attempt, not a served one
-FULL_SEGMENT = 1400           # queued frames this large leave at once, whatever the flush window
-MAX_UNSENT_BYTES = 4 << 20    # the pool stopped taking bytes: past this the connection is broken
-ACK_POLL_SECONDS = 0.005      # how often answers waiting for the pool's TCP acknowledgement are checked
+DRAIN_POLL_SECONDS = 0.01
 MAX_DIFF_EXP = 64             # MINING_SET_DIFF beyond 2^64 is not a difficulty
 ASKED_TO_RECONNECT = "the pool asked us to reconnect"
+
+
+_last_tag = 0  # connection tags, process-wide, 1..MAX_TAG cycling
 
 
 class PoolRefused(Exception):
@@ -83,26 +81,22 @@ class UpstreamSession:
         self.pool_capabilities: Tuple[str, ...] = ()
         self.answers_shares = False
         self.last_job: Optional[AgentJob] = None
-        self.bytes_sent = self.bytes_received = self.frames_sent = self.frames_received = 0
+        self.bytes_received = self.frames_received = 0
+        self._sent_before = (0, 0)  # bytes and frames sent on earlier connections of this slot
         self._subres_wanted = config.submit_response_from_server
         self._job_ntimes: List[Optional[int]] = [None] * 256
         self._job_seq: List[int] = [0] * 256  # sequence number each short id was last issued at
         self._seq = 0                          # jobs seen on this slot, never reset
         self._submit_index = 0
         self._pending: Dict[int, Tuple["MinerSession", Any]] = {}  # subres index -> (miner, id)
-        self._out = bytearray()                # frames waiting for the writer
-        self._queued = 0                       # bytes ever queued on this connection
-        self._written = 0                      # bytes ever written on this connection
-        self._awaiting: Deque[Tuple[int, "MinerSession", Any]] = deque()  # (queued end, miner, id)
-        self._batches: Deque[Tuple[int, int]] = deque()  # (written end, stream_end) of writes with shares
-        self._wake = Event()
-        self._full = Event()
+        self.uplink: Optional[Uplink] = None   # the sending half, while ready
         self._sock: Any = None
         self._ready_at = 0.0
         self._greenlet: Optional[gevent.Greenlet] = None
-        self._writer: Optional[gevent.Greenlet] = None
         self._stopping = False
         self._authorized = False
+        self._broken = ""
+        self._tag = 0
         self._unknown_methods: set = set()
         self._reported: set = set()
 
@@ -122,6 +116,14 @@ class UpstreamSession:
     def miner_count(self) -> int:
         return len(self.miners)
 
+    @property
+    def bytes_sent(self) -> int:
+        return self._sent_before[0] + (self.uplink.bytes_sent if self.uplink else 0)
+
+    @property
+    def frames_sent(self) -> int:
+        return self._sent_before[1] + (self.uplink.frames_sent if self.uplink else 0)
+
     def attach(self, miner: "MinerSession") -> None:
         """Register the miner upstream and give it version mask, difficulty and the job (clean)."""
         if miner.closed:
@@ -130,7 +132,7 @@ class UpstreamSession:
         miner.upstream = self
         job = self.last_job
         miner.job_base = self._seq if job is not None else self._seq + 1
-        self._queue_frame(encode_register_worker(miner.session_id, miner.user_agent, miner.worker_name))
+        self.uplink.queue_frame(encode_register_worker(miner.session_id, miner.user_agent, miner.worker_name))
         self.send_version_mask(miner)
         if self.difficulty is not None:
             miner.difficulty = self.difficulty
@@ -141,7 +143,7 @@ class UpstreamSession:
     def detach(self, miner: "MinerSession") -> None:
         """Unregister the miner upstream (queued before its session id can be handed out again)."""
         if self.miners.pop(miner.session_id, None) is not None and self.ready:
-            self._queue_frame(encode_unregister_worker(miner.session_id))
+            self.uplink.queue_frame(encode_unregister_worker(miner.session_id))
         if miner.upstream is self:
             miner.upstream = None
 
@@ -155,8 +157,11 @@ class UpstreamSession:
         if not self.ready:
             self.counters.shares_refused_upstream_lost += 1
             return JOB_NOT_FOUND_OR_STALE
-        short_id = parse_short_job_id(job_id)
-        if short_id is None or self._job_seq[short_id] < miner.job_base:
+        parsed = parse_miner_job_id(job_id)
+        if parsed is None or parsed[0] != self._tag:
+            return JOB_NOT_FOUND_OR_STALE
+        short_id = parsed[1]
+        if self._job_seq[short_id] < miner.job_base:
             return JOB_NOT_FOUND_OR_STALE
         job_ntime = self._job_ntimes[short_id]
         frame = encode_submit_share(short_id, miner.session_id, extra_nonce2, nonce,
@@ -165,10 +170,9 @@ class UpstreamSession:
             index = self._submit_index
             self._pending[index] = (miner, msg_id)
             self._submit_index = (index + 1) & 0xFFFF
-            self._queue_frame(frame)
+            self.uplink.queue_frame(frame)
         else:
-            self._queue_frame(frame)
-            self._awaiting.append((self._queued, miner, msg_id))  # answered once the pool acked it
+            self.uplink.queue_share(frame, miner, msg_id)  # answered once it reached the pool
         return QUEUED
 
     def send_version_mask(self, miner: "MinerSession") -> None:
@@ -195,9 +199,10 @@ class UpstreamSession:
         `deadline` (loop time), then close for good."""
         self._stopping = True
         loop = gevent.get_hub().loop
-        while self.ready and (self._out or self._awaiting) and loop.now() < deadline:
-            self._wake.set()
-            gevent.sleep(ACK_POLL_SECONDS)
+        if self.uplink is not None:
+            self.uplink.flush_now()
+        while self.ready and self.uplink is not None and not self.uplink.idle and loop.now() < deadline:
+            gevent.sleep(DRAIN_POLL_SECONDS)
         self.stop()
 
     def _set_state(self, state: str) -> None:
@@ -262,7 +267,7 @@ class UpstreamSession:
         except PoolRefused as exc:
             return "refused: %s" % exc
         except (OSError, ProtocolError) as exc:
-            return _describe_error(exc)
+            return self._broken or _describe_error(exc)
         except gevent.GreenletExit:
             raise
         except Exception as exc:  # a bug must cost one connection, never the slot
@@ -275,6 +280,9 @@ class UpstreamSession:
     def _serve(self, pool: PoolEntry) -> None:
         config = self.config
         self.pool = pool
+        global _last_tag
+        _last_tag = _last_tag % MAX_TAG + 1
+        self._tag = _last_tag  # every connection's job ids differ from every other's
         self._set_state("connecting")
         sock = self.owner.open_socket(pool)
         self._sock = sock
@@ -283,7 +291,6 @@ class UpstreamSession:
         sock.settimeout(config.pool_connection_dial_timeout_seconds)
         sock.sendall(self._handshake(pool.sub_account))
         splitter = StreamSplitter(max_line=POOL_MAX_LINE)
-        writer = None
         loop = gevent.get_hub().loop
         handshake_deadline = loop.now() + config.pool_connection_dial_timeout_seconds
         while True:
@@ -300,10 +307,8 @@ class UpstreamSession:
                     self._on_frame(item)
                 else:
                     self._on_line(item)
-            if writer is None and self._writer is not None:
-                writer = self._writer
-            if writer is not None and writer.dead:
-                raise OSError("writing to the pool failed")
+            if self._broken:
+                raise OSError(self._broken)
 
     def _handshake(self, sub_account: str) -> bytes:
         caps = ["verrol", "subres"] if self._subres_wanted else ["verrol"]
@@ -321,7 +326,9 @@ class UpstreamSession:
         self._ready_at = time.time()
         self._set_state("ready")
         self._sock.settimeout(self.config.pool_connection_read_timeout_seconds)
-        self._writer = gevent.spawn(self._write_loop, self._sock)
+        self.uplink = Uplink(self.name, self._sock, self.config.upstream_flush_delay_ms / 1000.0,
+                             self.config.share_answer_after, self._uplink_broken)
+        self.uplink.start()
         log.info("%s: authorized at %s:%d as %s (extranonce1 %s)", self.name, self.pool.host,
                  self.pool.port, self.pool.sub_account, self.extranonce1)
         self.owner.connection_ready(self)
@@ -330,28 +337,24 @@ class UpstreamSession:
         """Forget the connection; unanswered shares get an error, miners go back to the pool set."""
         self.ready = False
         self._authorized = False
-        if self._writer is not None:
-            if self._writer is not gevent.getcurrent():
-                self._writer.kill(block=False)
-            self._writer = None
+        self._broken = ""
+        unanswered: List[Tuple[Any, Any]] = []
+        uplink, self.uplink = self.uplink, None
+        if uplink is not None:
+            unanswered = uplink.close()
+            self._sent_before = (self._sent_before[0] + uplink.bytes_sent, self._sent_before[1] + uplink.frames_sent)
         if self._sock is not None:
             self._sock.close()
             self._sock = None
         if not self._stopping:
             self._set_state("connecting")
-        self._out = bytearray()
-        self._queued = self._written = 0
-        self._batches.clear()
-        awaiting, self._awaiting = self._awaiting, deque()
         pending, self._pending = self._pending, {}
-        refused = len(awaiting) + len(pending)
-        if refused:
-            self.counters.shares_refused_upstream_lost += refused
-            log.warning("%s: %s; %d shares not acknowledged by the pool are answered with an error",
-                        self.name, reason, refused)
-        for _, miner, msg_id in awaiting:
-            miner.share_answered(msg_id, stratum.INTERNAL_ERROR)
-        for miner, msg_id in pending.values():
+        unanswered.extend(pending.values())
+        if unanswered:
+            self.counters.shares_refused_upstream_lost += len(unanswered)
+            log.warning("%s: %s; %d shares not confirmed by the pool are answered with an error",
+                        self.name, reason, len(unanswered))
+        for miner, msg_id in unanswered:
             miner.share_answered(msg_id, stratum.INTERNAL_ERROR)
         self.difficulty = None
         self.version_mask = None
@@ -369,78 +372,11 @@ class UpstreamSession:
         if miners:
             self.owner.connection_lost(self, miners, reason)
 
-    # ---- writing -------------------------------------------------------------------------------
-
-    def _queue_frame(self, frame: bytes) -> None:
-        out = self._out
-        out += frame
-        self._queued += len(frame)
-        self.frames_sent += 1
-        if not self._wake.is_set():
-            self._wake.set()
-        if len(out) >= FULL_SEGMENT:
-            self._full.set()
-            if len(out) > MAX_UNSENT_BYTES and self._sock is not None:
-                log.warning("%s: the pool has not taken %d bytes; declaring the connection broken",
-                            self.name, len(out))
-                self._sock.close()  # the reader sees it and hands the miners to the pool set
-
-    def _write_loop(self, sock: Any) -> None:
-        """Send queued frames once the flush window has passed or a full segment is waiting, and
-        answer shares as the pool acknowledges them. Any failure closes the socket: the reader
-        then ends the connection, so the session is never left half alive."""
-        delay = self.config.upstream_flush_delay_ms / 1000.0
-        wake, full = self._wake, self._full
-        try:
-            while True:
-                wake.wait(ACK_POLL_SECONDS if self._batches else None)
-                if self._batches:
-                    self._answer_acknowledged(sock)
-                if not self._out:
-                    wake.clear()
-                    continue
-                wake.clear()
-                if delay and len(self._out) < FULL_SEGMENT:
-                    full.wait(delay)
-                full.clear()
-                data, self._out = self._out, bytearray()
-                sock.sendall(data)
-                self._written += len(data)
-                self.bytes_sent += len(data)
-                if self._awaiting:
-                    end = tcp.stream_end(sock)
-                    if end is None:  # no way to see acknowledgements here: answer once written
-                        self._answer_up_to(self._written)
-                    else:
-                        self._batches.append((self._written, end))
-                        self._answer_acknowledged(sock)
-        except gevent.GreenletExit:
-            raise
-        except OSError as exc:
-            log.warning("%s: write to pool failed: %s", self.name, exc)
-        except Exception as exc:
-            log_unexpected(log, "%s writer" % self.name, exc)
-        sock.close()
-
-    def _answer_acknowledged(self, sock: Any) -> None:
-        """Answer `true` to every share in writes the pool's TCP stack has acknowledged."""
-        batches = self._batches
-        if not batches:
-            return
-        acked = tcp.bytes_acked(sock)
-        if acked is None:
-            return
-        written = None
-        while batches and batches[0][1] <= acked:
-            written = batches.popleft()[0]
-        if written is not None:
-            self._answer_up_to(written)
-
-    def _answer_up_to(self, written: int) -> None:
-        awaiting = self._awaiting
-        while awaiting and awaiting[0][0] <= written:
-            _, miner, msg_id = awaiting.popleft()
-            miner.share_answered(msg_id, 0)
+    def _uplink_broken(self, why: str) -> None:
+        """The sending half failed: wake the reader so it ends the connection."""
+        self._broken = why
+        if self._sock is not None:
+            self._sock.close()
 
     # ---- reading -------------------------------------------------------------------------------
 
@@ -482,6 +418,8 @@ class UpstreamSession:
             log.info("%s: ignoring pool notification %.60s", self.name, method)
 
     def _on_reply(self, msg_id: Any, result: Any, error: Any) -> None:
+        if self.uplink is not None and self.uplink.probe_answered(msg_id):
+            return
         if msg_id == "sub":
             self._on_subscribe_reply(result, error)
         elif msg_id == "auth":
@@ -535,7 +473,7 @@ class UpstreamSession:
             self._report("early-notify", "mining.notify before the subscribe answer ignored")
             return
         try:
-            job = agent_notify(params, self.extranonce1)
+            job = agent_notify(params, self.extranonce1, self._tag)
         except JobError as exc:
             self._report("bad-notify", "ignoring malformed mining.notify: %s" % exc)
             return

@@ -11,6 +11,9 @@ class JobError(ValueError):
     """A mining.notify that cannot be forwarded."""
 
 
+MAX_TAG = 0xFFFF
+
+
 class AgentJob(NamedTuple):
     """A job ready to fan out: its short id, ntime, the notify line (as sent, and clean) and its params."""
     short_id: int
@@ -20,8 +23,33 @@ class AgentJob(NamedTuple):
     params: List[Any]
 
 
-def agent_notify(params: Any, pool_extranonce1: str) -> AgentJob:
-    """Append the pool's extranonce1 to coinb1 and serialize the notify once for all miners."""
+def miner_job_id(tag: int, short_id: int) -> str:
+    """The job id miners see: the pool's short id with the connection's tag above it.
+
+    Short ids 0-255 repeat on every pool connection; tagging them per connection lets a share for
+    a job of a connection the miner was moved from be recognised (and refused) instead of being
+    sent, under the same short id, as a share for a different job.
+    """
+    return str(tag << 8 | short_id)
+
+
+def parse_miner_job_id(job_id: Any) -> "tuple[int, int] | None":
+    """(tag, short id) of a job id made by miner_job_id (a decimal string or a JSON integer), else None."""
+    if type(job_id) is str:
+        if not (0 < len(job_id) <= 8 and job_id.isascii() and job_id.isdigit()):
+            return None
+        value = int(job_id)
+    elif type(job_id) is int:
+        value = job_id
+    else:
+        return None
+    if not 0 <= value <= (MAX_TAG << 8 | 0xFF):
+        return None
+    return value >> 8, value & 0xFF
+
+
+def agent_notify(params: Any, pool_extranonce1: str, tag: int = 0) -> AgentJob:
+    """Append the pool's extranonce1 to coinb1, tag the job id, serialize once for all miners."""
     if not isinstance(params, list) or len(params) < 9:
         raise JobError("expected 9 params, got %r" % (params,))
     job_id, prevhash, coinb1, coinb2, branches, version, nbits, ntime = params[:8]
@@ -35,7 +63,8 @@ def agent_notify(params: Any, pool_extranonce1: str) -> AgentJob:
     for name, value in (("version", version), ("nbits", nbits), ("ntime", ntime)):
         if not is_hex(value, 8):
             raise JobError("%s %r is not 8 hex digits" % (name, value))
-    forwarded = [job_id, prevhash, coinb1 + pool_extranonce1, coinb2, branches, version, nbits, ntime]
+    forwarded = [miner_job_id(tag, short_id), prevhash, coinb1 + pool_extranonce1, coinb2, branches, version,
+                 nbits, ntime]
     line = notification_line("mining.notify", forwarded + [bool(params[8])])
     line_clean = line if params[8] is True else notification_line("mining.notify", forwarded + [True])
     return AgentJob(short_id, int(ntime, 16), line, line_clean, forwarded)
