@@ -302,11 +302,11 @@ def run_farm(farm):
     share they sent is answered and they have stopped sending."""
     hashing = [farm.start_miner("rig%d" % n, user_agent="sim-miner/%d" % n) for n in range(3)]
     # random shares at difficulty 1/65536: the pool rejects nearly all as low difficulty
-    guessing = farm.start_miner("guess", hashing=False, submit_interval=0.05, max_shares=20,
-                                user_agent="guesser/1")
+    guessing = farm.start_miner("guess", hashing=False, submit_interval=0.05, user_agent="guesser/1")
     assert wait_until(lambda: all(m.accepted >= 3 for m in hashing), timeout=20), hashing
-    assert wait_until(lambda: guessing.accepted + guessing.rejected == 20, timeout=10), guessing
-    for miner in hashing:  # freeze the counts: no more shares, wait for the last answers
+    assert wait_until(lambda: guessing.shares_sent >= 20, timeout=10), guessing
+    guessing.submit_interval = None  # freeze the counts: no more shares (max_shares binds hashing only)
+    for miner in hashing:
         miner.max_shares = miner.shares_sent
     everyone = hashing + [guessing]
     assert wait_until(lambda: all(m.accepted + m.rejected == m.shares_sent for m in everyone), timeout=10)
