@@ -39,6 +39,9 @@ TOP_LEVEL_DEFAULTS: Dict[str, Any] = {
     "submit_response_from_server": False,
     "pool_use_tls": False,
     "proxy": [],
+    "use_proxy": True,
+    "direct_connect_with_proxy": False,
+    "direct_connect_after_proxy": True,
     "http_listen": "127.0.0.1:8080",
     "http_per_worker_metrics": False,
     "log_max_bytes": 50 << 20,
@@ -57,12 +60,8 @@ ADVANCED_DEFAULTS: Dict[str, Any] = {
     "share_answer_after": "pool",
     "pool_failback_seconds": 300.0,
 }
-# Keys of the BTCAgent configuration whose behaviour is not built yet: gagent refuses to start when
-# one is set rather than run in a way that credits shares to the wrong account.
-NOT_YET_SUPPORTED = ("multi_user_mode",)
 # Keys of the original agents that have no meaning here; accepted silently.
-IGNORED_KEYS = ("agent_type", "use_iocp", "use_proxy", "direct_connect_with_proxy",
-                "direct_connect_after_proxy", "http_debug")
+IGNORED_KEYS = ("agent_type", "use_iocp", "http_debug")
 IGNORED_ADVANCED_KEYS = ("message_queue_size",)
 
 
@@ -81,6 +80,9 @@ class Config:
     submit_response_from_server: bool
     pool_use_tls: bool
     proxy: List[str]
+    use_proxy: bool
+    direct_connect_with_proxy: bool
+    direct_connect_after_proxy: bool
     http_listen: str
     http_per_worker_metrics: bool
     log_max_bytes: int
@@ -197,7 +199,8 @@ def validate(raw: Dict[str, Any]) -> Config:
         values[key] = _expect_str(key, values[key])
     for key in ("multi_user_mode", "always_keep_downconn", "disconnect_when_lost_asicboost",
                 "use_ip_as_worker_name", "submit_response_from_server", "pool_use_tls",
-                "tls_skip_certificate_verify", "http_per_worker_metrics"):
+                "tls_skip_certificate_verify", "http_per_worker_metrics", "use_proxy",
+                "direct_connect_with_proxy", "direct_connect_after_proxy"):
         values[key] = _expect_bool(key, values[key])
     values["agent_listen_port"] = _expect_number("agent_listen_port", values["agent_listen_port"], True, 0, 65535)
     values["pool_connection_number_per_subaccount"] = _expect_number(
@@ -222,10 +225,8 @@ def validate(raw: Dict[str, Any]) -> Config:
     values["log_level"] = str(raw.get("log_level", "INFO")).upper()
     if values["log_level"] not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("log_level: expected DEBUG, INFO, WARNING or ERROR, got %r" % raw.get("log_level"))
-    for key in NOT_YET_SUPPORTED:
-        if values[key] != TOP_LEVEL_DEFAULTS[key]:
-            raise ConfigError("%s is not supported by this version of gagent yet; remove it (or set it to %s)"
-                              % (key, simplejson.dumps(TOP_LEVEL_DEFAULTS[key])))
+    if not values["use_proxy"]:
+        values["proxy"] = []  # the Go agent's switch: the list stays in the file, unused
     return Config(values)
 
 

@@ -34,7 +34,7 @@ class PoolConnectError(OSError):
     key to change)."""
 
 
-class _CertificateNotTrusted(PoolConnectError):
+class CertificateNotTrusted(PoolConnectError):
     """The pool's certificate, not the proxy, is at fault: another proxy would get the same answer."""
 
 
@@ -100,7 +100,7 @@ def open_pool_socket(host: str, port: int, timeout: float, *, proxies: Sequence[
     for index, proxy in enumerate(proxies):
         try:
             return _attempt(host, port, timeout, proxy, context)
-        except _CertificateNotTrusted:
+        except CertificateNotTrusted:
             raise
         except PoolConnectError as exc:
             failure = exc
@@ -140,7 +140,7 @@ def _attempt(host: str, port: int, timeout: float, proxy: Optional[ProxySpec],
             where, timeout, " (TLS handshake)" if in_tls else "", _hint(proxy, _CHECK_POOL_UP))) from None
     except ssl.SSLCertVerificationError as exc:
         _close(sock)
-        raise _CertificateNotTrusted(
+        raise CertificateNotTrusted(
             "TLS certificate of pool %s:%d is not trusted (%s); set advanced.tls_skip_certificate_verify to true"
             " to connect anyway, or advanced.tls_ca_file to the pool's CA"
             % (host, port, str(exc.verify_message or exc.reason).rstrip("."))) from None

@@ -31,6 +31,12 @@ RECV_SIZE = 4096
 ASICBOOST_LOSS_THRESHOLD = 100
 _switch = greenlet.switch
 EXTRANONCE2_SIZE = 4
+# Answered true and otherwise ignored: Antminer firmware treats an error to extranonce.subscribe as
+# fatal (with "#xnsub" pool URLs), a miner waiting for multi_version hangs without an answer, and
+# cgminer shows an error to suggest_difficulty as a rejected share. gagent never sends set_extranonce.
+ACKNOWLEDGED_METHODS = frozenset(("mining.extranonce.subscribe", "mining.multi_version",
+                                  "mining.suggest_difficulty", "mining.suggest_target"))
+DEFAULT_OFFERED_MASK = 0x1FFFE000  # before any pool mask is known (BIP320's general-purpose bits)
 HASHRATE_WINDOW = 600.0  # seconds: hashrate is accepted difficulty over about the last 10 minutes
 _now = time.time
 _exp = math.exp
@@ -54,7 +60,7 @@ class MinerSession:
         self.worker_name = ""
         self.sub_account = ""
         self.upstream: Optional[Upstream] = None
-        self.version_rolling = False
+        self.version_rolling = 0  # the mask the miner asked for in mining.configure (0: no rolling)
         self.asicboost_shares = 0
         self.job_base = 0  # the upstream's job sequence number when this miner was attached to it
         self.connected_at = _now()
@@ -149,6 +155,8 @@ class MinerSession:
             self.on_authorize(msg_id, params)
         elif method == "mining.configure":
             self.on_configure(msg_id, params)
+        elif method in ACKNOWLEDGED_METHODS:
+            self.send(true_line(msg_id))
         else:
             self.send(error_line(msg_id, ILLEGAL_PARAMS))
 
@@ -173,25 +181,33 @@ class MinerSession:
         if not params or not isinstance(params[0], str):
             self.send(error_line(msg_id, WORKER_NAME_MUST_BE_STRING))
             return
-        if self.worker_name:
-            self.send(true_line(msg_id))  # already authorized; a repeated authorize changes nothing
+        if self.worker_name:  # one worker per connection, as btcpool and both agents
+            same = self.agent.worker_name_for(params[0], self.peer_ip) == self.worker_name
+            self.send(true_line(msg_id) if same else error_line(msg_id, NOT_SUBSCRIBED, "Already authorized"))
             return
-        self.worker_name = self.agent.worker_name_for(params[0], self.peer_ip)
-        self.send(true_line(msg_id))
-        if not self.closed:  # the answer may have found the socket reset: never attach a closed miner
-            self.agent.place(self)
+        self.agent.authorize(self, msg_id, params[0])
 
     def on_configure(self, msg_id: Any, params: list) -> None:
+        """BIP310: answer every requested extension; version rolling with the miner's mask AND the
+        pool's (a zero result is "false": cgminer treats a 00000000 mask as a failed connect)."""
+        extensions = params[0] if params and isinstance(params[0], list) else []
         options = params[1] if len(params) > 1 and isinstance(params[1], dict) else {}
-        wanted = parse_hex32(options.get("version-rolling.mask"))
-        if wanted is None:
-            self.send(error_line(msg_id, ILLEGAL_PARAMS))
-            return
-        self.version_rolling = True
-        allowed = self.agent.version_mask
-        mask = wanted & allowed if allowed is not None else wanted
-        self.send(result_line(msg_id, {"version-rolling": True, "version-rolling.mask": "%08x" % mask}))
-        if self.upstream is not None:
+        result: dict = {}
+        for name in extensions[:8]:
+            if isinstance(name, str) and name.isascii() and len(name) <= 64:
+                result[name] = False
+        if "version-rolling" in result or "version-rolling.mask" in options:
+            wanted = parse_hex32(options.get("version-rolling.mask", "ffffffff"))
+            allowed = self.agent.version_mask_for(self)
+            mask = (wanted or 0) & (allowed if allowed is not None else DEFAULT_OFFERED_MASK)
+            self.version_rolling = wanted or 0
+            if mask:
+                result["version-rolling"] = True
+                result["version-rolling.mask"] = "%08x" % mask
+            else:
+                result["version-rolling"] = False
+        self.send(result_line(msg_id, result))
+        if self.upstream is not None and self.version_rolling:
             self.upstream.send_version_mask(self)
 
     def on_submit(self, msg_id: Any, params: list) -> None:

@@ -30,6 +30,7 @@ GRACE_CHECK_SECONDS = 1.0
 BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_CAP_SECONDS = 30.0
 DRAIN_SECONDS = 3.0
+_NO_ANSWER = object()
 
 
 class HeldMiners:
@@ -62,6 +63,7 @@ class HeldMiners:
         self.miners.pop(miner.session_id, None)
         self.since.pop(miner.session_id, None)
         self.faking.pop(miner.session_id, None)
+        self.pool_set._awaiting_answer.pop(miner.session_id, None)
         if miner.upstream is self:
             miner.upstream = None
 
@@ -81,9 +83,16 @@ class PoolSet:
     """The connections of one sub-account: placement, holding, moving, failback."""
 
     def __init__(self, config: Config, sub_account: str, pools: List[PoolEntry], counters: Counters,
-                 open_socket: Any) -> None:
+                 open_socket: Any, answer_at_once: bool = True) -> None:
         self.config = config
         self.sub_account = sub_account
+        # Single-user mode answers authorize at once (the sub-account is the operator's own); in
+        # multi-user mode a new sub-account's miners wait for the pool to accept it.
+        self.answer_at_once = answer_at_once
+        self.accepted = False      # a connection was authorized at least once
+        self.refused = ""          # why every pool refused this sub-account (before any success)
+        self._refusals = 0
+        self._awaiting_answer: Dict[int, Any] = {}  # session id -> authorize id, answered once ready
         self.pools = pools
         self.counters = counters
         self._open_socket = open_socket
@@ -147,6 +156,44 @@ class PoolSet:
 
     # ---- miners --------------------------------------------------------------------------------
 
+    def authorize(self, miner: "MinerSession", msg_id: Any) -> None:
+        """Answer a miner's authorize and give it work, or hold it (and, for a sub-account not yet
+        accepted by the pool, its answer) until a connection is ready."""
+        if self.refused:
+            miner.send(stratum.error_line(msg_id, stratum.INVALID_USERNAME, self.refused))
+            miner.close()
+            return
+        if self.answer_at_once or self.accepted:
+            miner.send(stratum.true_line(msg_id))
+            if not miner.closed:  # the answer may have found the socket reset: never attach a closed miner
+                self.place(miner)
+            return
+        self._awaiting_answer[miner.session_id] = msg_id
+        self.holding.attach(miner)
+        self._keep_grace()
+
+    def _answer_authorize(self, miner: "MinerSession") -> None:
+        msg_id = self._awaiting_answer.pop(miner.session_id, _NO_ANSWER)
+        if msg_id is not _NO_ANSWER:
+            miner.send(stratum.true_line(msg_id))
+
+    def authorization_refused(self, conn: UpstreamSession, reason: str) -> None:
+        """A pool refused this sub-account. Once every pool did, before any accepted it, miners
+        waiting for their authorize answer get an error they can show, and so do later ones."""
+        if self.accepted:
+            return
+        self._refusals += 1
+        if self._refusals < len(self.pools):
+            return
+        self.refused = "Sub-account %s not accepted by the pool" % self.sub_account
+        waiting = [self.holding.miners[sid] for sid in list(self._awaiting_answer) if sid in self.holding.miners]
+        log.warning("%s: every pool refused the sub-account (%s); refusing its %d waiting miners",
+                    self.sub_account, reason, len(waiting))
+        for miner in waiting:
+            msg_id = self._awaiting_answer.pop(miner.session_id)
+            miner.send(stratum.error_line(msg_id, stratum.INVALID_USERNAME, self.refused))
+            miner.close()
+
     def place(self, miner: "MinerSession") -> None:
         """Attach an authorized miner to the least-loaded ready connection, or hold it."""
         target = self._least_loaded()
@@ -167,6 +214,8 @@ class PoolSet:
     # ---- events from connections ---------------------------------------------------------------
 
     def connection_ready(self, conn: UpstreamSession) -> None:
+        self.accepted = True
+        self.refused = ""
         if conn.probe:
             self._promote(conn)
         if self.on_ready is not None:
@@ -216,8 +265,10 @@ class PoolSet:
                 target = self._least_loaded()
                 if target is None:
                     break
+                if not miner.closed:
+                    self._answer_authorize(miner)  # before any job: "true" first, as a pool would
                 self.holding.detach(miner)
-                if miner.closed:
+                if miner.closed:  # it left, or the answer found its socket reset
                     continue
                 target.attach(miner)
                 moved += 1
@@ -251,6 +302,7 @@ class PoolSet:
                        if sid not in self.holding.faking and now - since.get(sid, now) >= config.upstream_grace_seconds]
             if expired and config.always_keep_downconn:
                 for miner in expired:
+                    self._answer_authorize(miner)
                     self.holding.faking[miner.session_id] = miner
                 log.warning("%s: no pool connection for %.0f s; %d miners get fake jobs until one is back",
                             self.sub_account, config.upstream_grace_seconds, len(expired))
@@ -261,6 +313,9 @@ class PoolSet:
                             len(expired))
                 self.counters.miners_dropped_after_grace += len(expired)
                 for count, miner in enumerate(expired, 1):
+                    msg_id = self._awaiting_answer.pop(miner.session_id, _NO_ANSWER)
+                    if msg_id is not _NO_ANSWER:
+                        miner.send(stratum.error_line(msg_id, stratum.INTERNAL_ERROR, "No pool connection ready"))
                     miner.close()
                     if not count % FAN_OUT_BATCH:
                         gevent.sleep(0)

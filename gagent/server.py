@@ -14,14 +14,15 @@ from greenlet import greenlet
 
 from . import tcp
 from .config import Config, PoolEntry
-from .connect import open_pool_socket, parse_proxy_url
+from .connect import CertificateNotTrusted, PoolConnectError, open_pool_socket, parse_proxy_url
 from .counters import Counters
 from .errors import log_unexpected
 from .miner import MinerSession
 from .poolset import PoolSet
 from .sessionids import SessionIdAllocator
 from .upstream import UpstreamSession
-from .workers import worker_name
+from .protocol.stratum import INVALID_USERNAME, error_line
+from .workers import split_login, worker_name
 
 log = logging.getLogger("gagent.server")
 
@@ -32,6 +33,7 @@ LISTEN_BACKLOG = 4096
 ACCEPT_RETRY_SECONDS = 1.0
 SUBSCRIBE_TIMEOUT_SECONDS = 30.0  # a connection that never subscribes is not a miner
 SWEEP_SECONDS = 5.0
+POOL_SET_IDLE_SECONDS = 60.0  # multi-user: how long a sub-account's connections outlive its last miner
 
 
 class MinerListener(StreamServer):
@@ -84,9 +86,11 @@ class Agent:
         self.session_ids = SessionIdAllocator()
         self.miners: Dict[int, MinerSession] = {}
         self.pool_sets: Dict[str, PoolSet] = {}
-        main = PoolSet(config, config.pools[0].sub_account, config.pools, self.counters, self.open_pool_socket)
-        main.on_ready = self._upstream_ready
-        self.pool_sets[main.sub_account] = main
+        self._idle_since: Dict[str, float] = {}  # multi-user: sub-account -> when its last miner left
+        if not config.multi_user_mode:
+            main = PoolSet(config, config.pools[0].sub_account, config.pools, self.counters, self.open_pool_socket)
+            main.on_ready = self._upstream_ready
+            self.pool_sets[main.sub_account] = main
         self._proxies = [parse_proxy_url(url) for url in config.proxy]
         self._unsubscribed: Dict[MinerSession, float] = {}
         self._ready = Event()
@@ -110,22 +114,49 @@ class Agent:
         return [conn for pool_set in self.pool_sets.values() for conn in pool_set.connections]
 
     def healthy(self) -> bool:
-        """Listening, and at least one pool connection can take miners."""
-        return self.listening and any(pool_set.ready for pool_set in self.pool_sets.values())
+        """Listening, and at least one pool connection can take miners (in multi-user mode with no
+        miner yet there is nothing to connect: listening is enough)."""
+        if not self.listening:
+            return False
+        if self.config.multi_user_mode and not self.pool_sets:
+            return True
+        return any(pool_set.ready for pool_set in self.pool_sets.values())
 
-    @property
-    def version_mask(self) -> Optional[int]:
-        """The pool's version-rolling mask, once a pool connection has told us."""
-        for upstream in self.upstreams:
-            if upstream.version_mask is not None:
-                return upstream.version_mask
+    def version_mask_for(self, miner: MinerSession) -> Optional[int]:
+        """The version-rolling mask of the pool connection this miner uses or will use, if known."""
+        upstream = miner.upstream
+        if isinstance(upstream, UpstreamSession) and upstream.version_mask is not None:
+            return upstream.version_mask
+        for pool_set in self.pool_sets.values():
+            if not miner.sub_account or pool_set.sub_account == miner.sub_account:
+                for conn in pool_set.connections:
+                    if conn.ready and conn.version_mask is not None:
+                        return conn.version_mask
         return None
 
     def open_pool_socket(self, pool: PoolEntry) -> Any:
-        """A connected socket to a pool entry: through the configured proxies, with TLS if configured."""
+        """A connected socket to a pool entry: through the configured proxies (in order; directly
+        first with direct_connect_with_proxy, directly last with direct_connect_after_proxy), with
+        TLS if configured."""
+        config = self.config
+        routes: List[Any] = [self._proxies] if self._proxies else [()]
+        if self._proxies and config.direct_connect_with_proxy:
+            routes.insert(0, ())
+        elif self._proxies and config.direct_connect_after_proxy:
+            routes.append(())
+        for n, proxies in enumerate(routes[:-1]):
+            try:
+                return self._open_route(pool, proxies)
+            except CertificateNotTrusted:
+                raise  # the pool's certificate: another route would get the same answer
+            except PoolConnectError as exc:
+                log.info("%s; trying %s", exc, "the proxies" if routes[n + 1] else "a direct connection")
+        return self._open_route(pool, routes[-1])
+
+    def _open_route(self, pool: PoolEntry, proxies: Any) -> Any:
         config = self.config
         return open_pool_socket(pool.host, pool.port, config.pool_connection_dial_timeout_seconds,
-                                proxies=self._proxies, tls=config.pool_use_tls,
+                                proxies=proxies, tls=config.pool_use_tls,
                                 verify=not config.tls_skip_certificate_verify, ca_file=config.tls_ca_file or None)
 
     def start(self) -> None:
@@ -202,21 +233,58 @@ class Agent:
         return worker_name(login, peer_ip, config.fixed_worker_name, config.use_ip_as_worker_name,
                            config.ip_worker_name_format)
 
-    def pool_set_for(self, miner: MinerSession) -> PoolSet:
-        """The pool set serving this miner's sub-account."""
-        return next(iter(self.pool_sets.values()))
+    def authorize(self, miner: MinerSession, msg_id: Any, login: str) -> None:
+        """A miner's first authorize: name it, find its pool set, let the set answer and place it."""
+        sub_account = split_login(login)[0]
+        if self.config.multi_user_mode and not sub_account:
+            miner.send(error_line(msg_id, INVALID_USERNAME, "Login must be <sub-account>.<worker>"))
+            return
+        miner.worker_name = self.worker_name_for(login, miner.peer_ip)
+        pool_set = self.pool_set_for(sub_account)
+        miner.sub_account = pool_set.sub_account
+        pool_set.authorize(miner, msg_id)
 
-    def place(self, miner: MinerSession) -> None:
-        """An authorized miner gets work: attached to a ready connection, or held until one is."""
-        self.pool_set_for(miner).place(miner)
+    def pool_set_for(self, sub_account: str) -> PoolSet:
+        """Single-user: the one pool set. Multi-user: the sub-account's own, opened on first use."""
+        if not self.config.multi_user_mode:
+            return next(iter(self.pool_sets.values()))
+        pool_set = self.pool_sets.get(sub_account)
+        if pool_set is None:
+            pools = [PoolEntry(pool.host, pool.port, sub_account) for pool in self.config.pools]
+            pool_set = PoolSet(self.config, sub_account, pools, self.counters, self.open_pool_socket,
+                               answer_at_once=False)
+            pool_set.on_ready = self._upstream_ready
+            self.pool_sets[sub_account] = pool_set
+            log.info("sub-account %s: first miner; opening %d pool connections", sub_account,
+                     self.config.pool_connection_number_per_subaccount)
+            pool_set.start()
+        self._idle_since.pop(sub_account, None)
+        return pool_set
 
     def _upstream_ready(self, upstream: UpstreamSession) -> None:
         self._ready.set()
 
+    def _close_idle_pool_sets(self) -> None:
+        """Multi-user: a sub-account's connections close a while after its last miner left."""
+        now = self._hub.loop.now()
+        for sub_account, pool_set in list(self.pool_sets.items()):
+            if pool_set.miner_count:
+                self._idle_since.pop(sub_account, None)
+                continue
+            since = self._idle_since.setdefault(sub_account, now)
+            if now - since >= POOL_SET_IDLE_SECONDS:
+                log.info("sub-account %s: no miner for %.0f s; closing its pool connections", sub_account,
+                         now - since)
+                del self.pool_sets[sub_account]
+                del self._idle_since[sub_account]
+                pool_set.stop()
+
     def _sweep_loop(self) -> None:
-        """Close connections that never subscribed within SUBSCRIBE_TIMEOUT_SECONDS."""
+        """Close connections that never subscribed within SUBSCRIBE_TIMEOUT_SECONDS, and idle pool sets."""
         while True:
             gevent.sleep(SWEEP_SECONDS)
+            if self.config.multi_user_mode:
+                self._close_idle_pool_sets()
             cutoff = self._hub.loop.now() - SUBSCRIBE_TIMEOUT_SECONDS
             idle = [miner for miner, since in self._unsubscribed.items() if since < cutoff]
             if idle:

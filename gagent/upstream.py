@@ -42,6 +42,7 @@ STABLE_SECONDS = 5.0          # ready for less than this, then lost: a failed at
 DRAIN_POLL_SECONDS = 0.01
 MAX_DIFF_EXP = 64             # MINING_SET_DIFF beyond 2^64 is not a difficulty
 ASKED_TO_RECONNECT = "the pool asked us to reconnect"
+SUBRES_SILENCE_SECONDS = 10.0  # subres offered, yet no share answered for this long: answer on write
 
 
 _last_tag = 0  # connection tags, process-wide, 1..MAX_TAG cycling
@@ -49,6 +50,10 @@ _last_tag = 0  # connection tags, process-wide, 1..MAX_TAG cycling
 
 class PoolRefused(Exception):
     """The pool answered but cannot serve us (bad sub-account, not BTCAgent-compatible)."""
+
+
+class AuthorizationRefused(PoolRefused):
+    """The pool refused the sub-account."""
 
 
 class Reconnect(Exception):
@@ -95,6 +100,8 @@ class UpstreamSession:
         self._greenlet: Optional[gevent.Greenlet] = None
         self._stopping = False
         self._authorized = False
+        self._settling_subres = False
+        self._subres_heard = False
         self._broken = ""
         self._tag = 0
         self._unknown_methods: set = set()
@@ -166,19 +173,33 @@ class UpstreamSession:
         job_ntime = self._job_ntimes[short_id]
         frame = encode_submit_share(short_id, miner.session_id, extra_nonce2, nonce,
                                     None if ntime == job_ntime else ntime, version_mask)
+        index = self._submit_index  # the pool counts every share, whether it answers them or not
+        self._submit_index = (index + 1) & 0xFFFF
         if self.answers_shares:
-            index = self._submit_index
+            if not self._pending and not self._subres_heard:
+                gevent.spawn_later(SUBRES_SILENCE_SECONDS, self._check_subres_heard, self._tag)
             self._pending[index] = (miner, msg_id)
-            self._submit_index = (index + 1) & 0xFFFF
             self.uplink.queue_frame(frame)
         else:
             self.uplink.queue_share(frame, miner, msg_id)  # answered once it reached the pool
         return QUEUED
 
+    def _check_subres_heard(self, tag: int) -> None:
+        """A pool that offered subres but answers no share must not leave miners waiting."""
+        if tag != self._tag or not self.ready or self._subres_heard or not self.answers_shares:
+            return
+        log.warning("%s: pool %s:%d offered share answers (subres) but sent none for %.0f s; answering "
+                    "shares once written on this connection", self.name, self.pool.host, self.pool.port,
+                    SUBRES_SILENCE_SECONDS)
+        self.answers_shares = False
+        pending, self._pending = self._pending, {}
+        for miner, msg_id in pending.values():
+            miner.share_answered(msg_id, 0)
+
     def send_version_mask(self, miner: "MinerSession") -> None:
         """Tell a version-rolling miner the pool's mask (00000000 if the pool cannot take rolled shares)."""
         if miner.version_rolling and self.version_mask is not None:
-            mask = self.version_mask if "verrol" in self.pool_capabilities else 0
+            mask = self.version_mask & miner.version_rolling if "verrol" in self.pool_capabilities else 0
             miner.send(stratum.notification_line("mining.set_version_mask", ["%08x" % mask]))
 
     # ---- lifecycle -----------------------------------------------------------------------------
@@ -264,6 +285,9 @@ class UpstreamSession:
             self._serve(pool)
         except Reconnect:
             return ASKED_TO_RECONNECT
+        except AuthorizationRefused as exc:
+            self.owner.authorization_refused(self, str(exc))
+            return "refused: %s" % exc
         except PoolRefused as exc:
             return "refused: %s" % exc
         except (OSError, ProtocolError) as exc:
@@ -318,7 +342,6 @@ class UpstreamSession:
                 "version-rolling.mask": "ffffffff", "version-rolling.min-bit-count": 0}]),
             stratum.request_line("sub", "mining.subscribe", [USER_AGENT]),
             stratum.request_line("auth", "mining.authorize", [sub_account, ""]),
-            stratum.request_line("caps_again", "agent.get_capabilities", [caps]),
         ))
 
     def _become_ready(self) -> None:
@@ -337,6 +360,8 @@ class UpstreamSession:
         """Forget the connection; unanswered shares get an error, miners go back to the pool set."""
         self.ready = False
         self._authorized = False
+        self._settling_subres = False
+        self._subres_heard = False
         self._broken = ""
         unanswered: List[Tuple[Any, Any]] = []
         uplink, self.uplink = self.uplink, None
@@ -424,14 +449,24 @@ class UpstreamSession:
             self._on_subscribe_reply(result, error)
         elif msg_id == "auth":
             if result is not True:
-                raise PoolRefused("sub-account %r not authorized: %.200r" % (self.pool.sub_account, error or result))
+                raise AuthorizationRefused("sub-account %r not authorized: %.200r" % (self.pool.sub_account, error or result))
             self._authorized = True
-            if self.difficulty is not None:
+            if self._subres_wanted and "subres" in self.pool_capabilities:
+                # The pool enables subres only for an authorized session: ask again now, and serve
+                # miners only once it answered, so every share's answer mode is settled.
+                self._settling_subres = True
+                self._sock.sendall(stratum.request_line(
+                    "caps_again", "agent.get_capabilities", [["verrol", "subres"]]))
+            elif self.difficulty is not None:
                 self._become_ready()
         elif msg_id in ("caps", "caps_again") and isinstance(result, dict):
             caps = result.get("capabilities")
             self.pool_capabilities = tuple(c for c in caps if isinstance(c, str))[:16] if isinstance(caps, list) else ()
-            self.answers_shares = self._subres_wanted and "subres" in self.pool_capabilities
+            if msg_id == "caps_again" and self._settling_subres:
+                self._settling_subres = False
+                self.answers_shares = "subres" in self.pool_capabilities
+                if self.difficulty is not None:
+                    self._become_ready()
         elif error and msg_id not in ("conf", "caps", "caps_again"):
             self._report("error-reply", "pool answered %.40r with error %.200r" % (msg_id, error))
 
@@ -456,7 +491,7 @@ class UpstreamSession:
             raise ProtocolError("first mining.set_difficulty %.80r is not a difficulty (0 < d <= 2^64)"
                                 % (params,))
         self.difficulty = value  # no miner is attached yet: they come once the connection is ready
-        if self._authorized:
+        if self._authorized and not self._settling_subres:
             self._become_ready()
 
     def _on_set_version_mask(self, params: Any) -> None:
@@ -512,6 +547,7 @@ class UpstreamSession:
                     miner.send(line)
         elif frame.cmd == CMD_SUBMIT_RESPONSE:
             index, status = decode_submit_response(frame.body)
+            self._subres_heard = True
             entry = self._pending.pop(index, None)
             if entry is None:
                 self._report("unknown-index", "share answer for unknown index %d ignored" % index)

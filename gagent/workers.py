@@ -5,15 +5,20 @@ DEFAULT_WORKER = "__default__"
 
 
 def split_login(login: str) -> "tuple[str, str]":
-    """("sub-account", "worker") of a filtered login, split at the first dot."""
+    """("sub-account", "worker") of a filtered login, split at the first dot; ("", login) without one."""
     name = filter_worker_name(login)
-    sub_account, _, worker = name.partition(".")
+    sub_account, dot, worker = name.partition(".")
+    if not dot:
+        return "", sub_account
     return sub_account, worker
 
 
 def worker_name(login: str, peer_ip: str, fixed_name: str = "", use_ip: bool = False,
                 ip_format: str = "{1}x{2}x{3}x{4}") -> str:
-    """The worker name registered upstream: fixed name > IP-derived name > login's worker part."""
+    """The worker name registered upstream: fixed name > IP-derived name > login's worker part.
+
+    A login without a dot is the worker name itself (the Go agent's behaviour; `__default__`
+    would hide every such miner behind one pool worker)."""
     if fixed_name:
         return filter_worker_name(fixed_name) or DEFAULT_WORKER
     if use_ip:

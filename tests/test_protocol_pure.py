@@ -48,7 +48,7 @@ def test_agent_notify_refuses_malformed_jobs(bad):
 
 def test_worker_names():
     assert worker_name("sub.rig 1!", "10.0.0.1") == "rig1"
-    assert worker_name("kevin", "10.0.0.1") == "__default__"
+    assert worker_name("kevin", "10.0.0.1") == "kevin"  # a login without a dot names the worker (Go agent)
     assert worker_name("sub.a.b", "10.0.0.1") == "a.b"
     assert worker_name("sub.x", "192.168.1.23", use_ip=True) == "192x168x1x23"
     assert worker_name("sub.x", "192.168.1.23", fixed_name="farm", use_ip=True) == "farm"

@@ -357,8 +357,6 @@ def test_farm_counts_match_what_the_simulators_did(farm):
     assert summed(scrape, "gagent_hashrate") > 0
 
 
-@pytest.mark.xfail(strict=True, reason="contract: MinerSession.sub_account stays \"\" after authorize, so shares "
-                   "are counted under sub-account \"\"; remove this mark once miner.py sets it")
 def test_farm_miners_and_shares_are_reported_under_their_sub_account(farm):
     everyone = run_farm(farm)
     status = get_json(farm.server)
