@@ -5,28 +5,42 @@ hub keeps serving miners; the finished tunnel is rewrapped as a gevent socket. T
 default one because that one also runs every DNS look-up: a few proxies that never answer would otherwise
 stall name resolution for all connections. Every failure becomes a PoolConnectError whose message is one
 line naming the pool, the proxy and the configuration key to change.
+
+ssl (with gevent.ssl) and python-socks (with the thread pool) are imported by the first connection that
+uses TLS or a proxy: about 7 MB of resident memory that an agent without either never pays.
 """
 import functools
 import logging
-import ssl
 import weakref
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Sequence, Tuple, Type
 from urllib.parse import unquote, urlsplit
 
 import gevent
 import gevent.monkey
 from gevent import socket
-from gevent import ssl as gevent_ssl
-from gevent.threadpool import ThreadPool
-from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError, ProxyType
-from python_socks.sync import Proxy
+
+if TYPE_CHECKING:  # pragma: no cover
+    import ssl
+
+    from gevent.threadpool import ThreadPool
 
 log = logging.getLogger("gagent.connect")
 
 PROXY_THREADS = 32  # proxy handshakes in flight at once; more wait their turn within their own timeout
 _CHECK_POOL_UP = "the pool address and that the pool is up"
-_SCHEMES = {"socks5": ProxyType.SOCKS5, "http": ProxyType.HTTP}
+_SCHEMES = ("socks5", "http")  # python_socks.ProxyType.SOCKS5 and .HTTP
 _thread_pools: "weakref.WeakKeyDictionary[Any, ThreadPool]" = weakref.WeakKeyDictionary()
+
+
+class _Never(Exception):
+    """Stands in for the ssl or python-socks exception classes where that module is not in use (and not
+    imported): no exception is an instance of it."""
+
+
+def _proxy_errors() -> Tuple[Type[BaseException], Type[BaseException], Type[BaseException]]:
+    """python-socks' (ProxyError, ProxyConnectionError, ProxyTimeoutError)."""
+    from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError
+    return ProxyError, ProxyConnectionError, ProxyTimeoutError
 
 
 class PoolConnectError(OSError):
@@ -113,8 +127,14 @@ def open_pool_socket(host: str, port: int, timeout: float, *, proxies: Sequence[
 
 
 def _attempt(host: str, port: int, timeout: float, proxy: Optional[ProxySpec],
-             context: Optional[ssl.SSLContext]) -> "socket.socket":
+             context: "Optional[ssl.SSLContext]") -> "socket.socket":
     where = "pool %s:%d" % (host, port) + (" through proxy %s" % (proxy,) if proxy else "")
+    # only a TLS context (which imported ssl) makes ssl errors, only a proxy python-socks errors
+    cert_error: Type[BaseException] = _Never
+    if context is not None:
+        import ssl
+        cert_error = ssl.SSLCertVerificationError
+    proxy_error = _proxy_errors()[0] if proxy is not None else _Never
     timer = gevent.Timeout(timeout)
     timer.start()
     sock = None
@@ -138,13 +158,13 @@ def _attempt(host: str, port: int, timeout: float, proxy: Optional[ProxySpec],
         _close(sock)
         raise PoolConnectError("cannot connect to %s: no answer within %gs%s; %s" % (
             where, timeout, " (TLS handshake)" if in_tls else "", _hint(proxy, _CHECK_POOL_UP))) from None
-    except ssl.SSLCertVerificationError as exc:
+    except cert_error as exc:
         _close(sock)
         raise CertificateNotTrusted(
             "TLS certificate of pool %s:%d is not trusted (%s); set advanced.tls_skip_certificate_verify to true"
             " to connect anyway, or advanced.tls_ca_file to the pool's CA"
-            % (host, port, str(exc.verify_message or exc.reason).rstrip("."))) from None
-    except (OSError, ProxyError) as exc:
+            % (host, port, str(exc.verify_message or exc.reason).rstrip("."))) from None  # type: ignore
+    except (OSError, proxy_error) as exc:
         _close(sock)
         if in_tls:
             reason = exc.reason.replace("_", " ").lower() if getattr(exc, "reason", None) else (exc.strerror or exc)
@@ -160,7 +180,10 @@ def _attempt(host: str, port: int, timeout: float, proxy: Optional[ProxySpec],
 
 def _tunnel(proxy: ProxySpec, host: str, port: int, timeout: float) -> "socket.socket":
     """python-socks' blocking handshake, run off the hub; the tunnel comes back as a gevent socket."""
-    client = Proxy.create(_SCHEMES[proxy.scheme], proxy.host, proxy.port, proxy.username, proxy.password)
+    from python_socks import ProxyType
+    from python_socks.sync import Proxy
+    client = Proxy.create(ProxyType[proxy.scheme.upper()], proxy.host, proxy.port, proxy.username,
+                          proxy.password)
     if gevent.monkey.is_module_patched("socket"):  # python-socks already cooperates
         raw = client.connect(host, port, timeout=timeout)
     else:
@@ -183,17 +206,21 @@ def _connect_in_thread(client: Any, host: str, port: int, timeout: float) -> Any
         return None, exc
 
 
-def _proxy_thread_pool() -> ThreadPool:
+def _proxy_thread_pool() -> "ThreadPool":
     hub = gevent.get_hub()
     pool = _thread_pools.get(hub)
     if pool is None:
+        from gevent.threadpool import ThreadPool
         pool = _thread_pools[hub] = ThreadPool(PROXY_THREADS, hub=hub)
     return pool
 
 
 @functools.lru_cache(maxsize=8)
-def _tls_context(verify: bool, ca_file: Optional[str]) -> ssl.SSLContext:
+def _tls_context(verify: bool, ca_file: Optional[str]) -> "ssl.SSLContext":
     """One context per setting, shared by every connection (a changed CA file is read at the next start)."""
+    import ssl
+
+    from gevent import ssl as gevent_ssl
     # gevent.ssl.create_default_context() returns the stdlib class (its sockets would block the hub),
     # so build gevent's SSLContext with the same settings.
     context = gevent_ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -213,6 +240,7 @@ def _tls_context(verify: bool, ca_file: Optional[str]) -> ssl.SSLContext:
 
 def _describe(exc: BaseException, proxy: Optional[ProxySpec], timeout: float) -> str:
     """The reason and what to check, for a failure before TLS."""
+    ProxyError, ProxyConnectionError, ProxyTimeoutError = _proxy_errors() if proxy is not None else (_Never,) * 3
     if isinstance(exc, (ProxyTimeoutError, socket.timeout)):
         return "no answer within %gs; %s" % (timeout, _hint(proxy, _CHECK_POOL_UP))
     if isinstance(exc, ProxyConnectionError):  # the proxy itself is unreachable
