@@ -47,7 +47,7 @@ class MinerSession:
 
     __slots__ = ("agent", "sock", "peer_ip", "session_id", "user_agent", "subscribed",
                  "worker_name", "sub_account", "upstream", "version_rolling", "asicboost_shares",
-                 "job_base", "connected_at", "difficulty", "accepted", "rejected", "last_share_at",
+                 "connected_at", "difficulty", "accepted", "rejected", "last_share_at",
                  "_work", "_backlog", "_read_watcher", "_write_watcher", "_greenlet", "closed")
 
     def __init__(self, agent: "Agent", sock: Any, peer_ip: str, session_id: int) -> None:
@@ -62,7 +62,6 @@ class MinerSession:
         self.upstream: Optional[Upstream] = None
         self.version_rolling = 0  # the mask the miner asked for in mining.configure (0: no rolling)
         self.asicboost_shares = 0
-        self.job_base = 0  # the upstream's job sequence number when this miner was attached to it
         self.connected_at = _now()
         self.difficulty: Optional[float] = None  # the last difficulty sent to the miner
         self.accepted = 0

@@ -90,8 +90,6 @@ class UpstreamSession:
         self._sent_before = (0, 0)  # bytes and frames sent on earlier connections of this slot
         self._subres_wanted = config.submit_response_from_server
         self._job_ntimes: List[Optional[int]] = [None] * 256
-        self._job_seq: List[int] = [0] * 256  # sequence number each short id was last issued at
-        self._seq = 0                          # jobs seen on this slot, never reset
         self._submit_index = 0
         self._pending: Dict[int, Tuple["MinerSession", Any]] = {}  # subres index -> (miner, id)
         self.uplink: Optional[Uplink] = None   # the sending half, while ready
@@ -138,7 +136,6 @@ class UpstreamSession:
         self.miners[miner.session_id] = miner
         miner.upstream = self
         job = self.last_job
-        miner.job_base = self._seq if job is not None else self._seq + 1
         self.uplink.queue_frame(encode_register_worker(miner.session_id, miner.user_agent, miner.worker_name))
         self.send_version_mask(miner)
         if self.difficulty is not None:
@@ -158,8 +155,8 @@ class UpstreamSession:
                nonce: int, version_mask: Optional[int]) -> int:
         """Queue a share; QUEUED, or the stratum error code to answer at once.
 
-        A job id this miner was never sent on this connection (a job of a connection it was moved
-        from) cannot be valid here: such shares get 21 instead of a frame the pool would reject.
+        A job id of another connection (one the miner was moved from: its tag differs) cannot be
+        valid here: such shares get 21 instead of a frame the pool would reject.
         """
         if not self.ready:
             self.counters.shares_refused_upstream_lost += 1
@@ -168,9 +165,9 @@ class UpstreamSession:
         if parsed is None or parsed[0] != self._tag:
             return JOB_NOT_FOUND_OR_STALE
         short_id = parsed[1]
-        if self._job_seq[short_id] < miner.job_base:
-            return JOB_NOT_FOUND_OR_STALE
         job_ntime = self._job_ntimes[short_id]
+        if job_ntime is None:
+            return JOB_NOT_FOUND_OR_STALE
         frame = encode_submit_share(short_id, miner.session_id, extra_nonce2, nonce,
                                     None if ntime == job_ntime else ntime, version_mask)
         index = self._submit_index  # the pool counts every share, whether it answers them or not
@@ -388,7 +385,6 @@ class UpstreamSession:
         self.extranonce1 = ""
         self.last_job = None
         self._job_ntimes = [None] * 256
-        self._job_seq = [0] * 256
         self._submit_index = 0
         miners = list(self.miners.values())
         self.miners.clear()
@@ -512,8 +508,6 @@ class UpstreamSession:
         except JobError as exc:
             self._report("bad-notify", "ignoring malformed mining.notify: %s" % exc)
             return
-        self._seq += 1
-        self._job_seq[job.short_id] = self._seq
         self._job_ntimes[job.short_id] = job.ntime
         self.last_job = job
         self.owner.job_seen(job)
