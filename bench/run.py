@@ -383,10 +383,16 @@ class Run:
         agent = loadgen = meter = None
         agent_log = None
         log_dir = os.path.join(OUT_DIR, "agent-%s.d" % self.stamp) if self.log_dir_flag else None
+        config = self.config
+        self.http_port = None
+        if self.command is None:  # gagent: status listener off, or on a free port when scraped
+            self.http_port = free_port() if self.args.scrape else None
+            listen = "%s:%d" % (HOST, self.http_port) if self.http_port else ""
+            config = deep_merge({"http_listen": listen}, config)
         try:
             agent, agent_port, agent_log = start_agent(
                 self.pool_port, self.workdir, os.path.join(OUT_DIR, "agent-%s.log" % self.stamp),
-                self.command, self.config, log_dir)
+                self.command, config, log_dir)
             if not wait_listening(agent_port, agent, 30):
                 raise RuntimeError("agent did not start listening (see %s)" % agent_log.name)
             self._wait_upstreams(agent)
@@ -459,8 +465,15 @@ class Run:
         rec.recording = True
         loadgen.command(cmd="load", seconds=args.seconds)
         jobs = gevent.spawn(self._job_loop, t0)
+        scrapes: List[float] = []
+        scraper = gevent.spawn(self._scrape_loop, scrapes) if self.http_port else None
         gevent.sleep(max(0.0, t0 + args.seconds - time.time()))
         jobs.kill()
+        if scraper is not None:
+            scraper.kill()
+            self.result["scrapes"] = {"count": len(scrapes), "every_s": args.scrape,
+                                      "mean_ms": ms(sum(scrapes) / len(scrapes)) if scrapes else None,
+                                      "max_ms": ms(max(scrapes)) if scrapes else None}
         gevent.sleep(0.5)   # let the last shares and notifies land
         elapsed = time.time() - t0
         self.load_window = (t0, time.time())
@@ -488,6 +501,19 @@ class Run:
             "upstream_wire_kbps": round((payload + HEADER_BYTES * segs) * 8 / elapsed / 1000, 1),
             "upstream_payload_kbps": round(payload * 8 / elapsed / 1000, 1),
             "jobs_sent": len(rec.notify_times)})
+
+    def _scrape_loop(self, durations: List[float]) -> None:
+        """GET /metrics and /status.json from the agent's status listener every --scrape seconds,
+        as a Prometheus server and an open status page would; records how long each pair took."""
+        while True:
+            gevent.sleep(self.args.scrape)
+            started = time.time()
+            for path in ("/metrics", "/status.json"):
+                with socket.create_connection((HOST, self.http_port), timeout=30) as sock:
+                    sock.sendall(("GET %s HTTP/1.0\r\n\r\n" % path).encode())
+                    while sock.recv(1 << 20):
+                        pass
+            durations.append(time.time() - started)
 
     def _job_loop(self, t0: float) -> None:
         """A new job every job_interval seconds, the first half an interval into the load phase."""
@@ -812,6 +838,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare-config", help="JSON object merged into the other agent's config only")
     p.add_argument("--repeat", type=int, default=1,
                    help="run each agent N times (alternating with --compare); figures are medians")
+    p.add_argument("--scrape", type=float, default=None, metavar="SECONDS",
+                   help="gagent only: turn the status listener on and GET /metrics and /status.json every "
+                        "SECONDS during the load phase (result key: scrapes)")
     p.add_argument("--label", default="", help="free text stored with the result")
     return p
 

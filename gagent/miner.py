@@ -62,7 +62,7 @@ class MinerSession:
         self.upstream: Optional[Upstream] = None
         self.version_rolling = 0  # the mask the miner asked for in mining.configure (0: no rolling)
         self.asicboost_shares = 0
-        self.connected_at = _now()
+        self.connected_at = agent.clock  # a shared float: miners that connect in the same second cost nothing
         self.difficulty: Optional[float] = None  # the last difficulty sent to the miner
         self.accepted = 0
         self.rejected = 0
@@ -248,7 +248,7 @@ class MinerSession:
             return
         self.accepted += 1
         self.agent.counters.shares_accepted[self.sub_account] += 1
-        now = _now()
+        now = self.agent.clock
         if self.difficulty:
             self._work = self._work * _exp((self.last_share_at - now) / HASHRATE_WINDOW) + self.difficulty
         self.last_share_at = now

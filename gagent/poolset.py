@@ -91,7 +91,7 @@ class PoolSet:
         self.answer_at_once = answer_at_once
         self.accepted = False      # a connection was authorized at least once
         self.refused = ""          # why every pool refused this sub-account (before any success)
-        self._refusals = 0
+        self._refused_by: set = set()  # indexes of the pools that refused it
         self._awaiting_answer: Dict[int, Any] = {}  # session id -> authorize id, answered once ready
         self.pools = pools
         self.counters = counters
@@ -180,10 +180,10 @@ class PoolSet:
     def authorization_refused(self, conn: UpstreamSession, reason: str) -> None:
         """A pool refused this sub-account. Once every pool did, before any accepted it, miners
         waiting for their authorize answer get an error they can show, and so do later ones."""
-        if self.accepted:
+        if self.accepted or self.answer_at_once:  # the operator's own sub-account: keep trying
             return
-        self._refusals += 1
-        if self._refusals < len(self.pools):
+        self._refused_by.add(conn.pool_index)
+        if len(self._refused_by) < len(self.pools):
             return
         self.refused = "Sub-account %s not accepted by the pool" % self.sub_account
         waiting = [self.holding.miners[sid] for sid in list(self._awaiting_answer) if sid in self.holding.miners]

@@ -4,6 +4,10 @@ Set GAGENT_TEST_TIMEOUT_SCALE (e.g. 3) on slow machines: every wait in the tests
 """
 import os
 import resource
+import socket as std_socket
+import subprocess
+import sys
+import time
 
 import gevent
 import pytest
@@ -44,6 +48,40 @@ def pool():
     sim.start()
     yield sim
     sim.stop()
+
+
+def start_agent(pools, sub_account="demo", **settings):
+    """A started Agent for `pools` (simulators or ports, in order) with one connection unless
+    settings say otherwise; top-level keys as keywords, nested ones in `advanced={...}`."""
+    advanced = {"pool_connection_number_per_subaccount": 1}
+    advanced.update(settings.pop("advanced", {}))
+    ports = [p if isinstance(p, int) else p.address[1] for p in pools]
+    conf = {"agent_listen_ip": "127.0.0.1", "agent_listen_port": 0, "advanced": advanced,
+            "pools": [["127.0.0.1", port, sub_account] for port in ports]}
+    conf.update(settings)
+    agent = Agent(config_from_dict(conf))
+    agent.start()
+    return agent
+
+
+def http_request(address, path, method="GET"):
+    """(status, headers, body) of one request on a gevent socket: urllib would block the hub serving it."""
+    from gevent import socket
+    sock = socket.create_connection(address, timeout=wait(10))
+    try:
+        sock.sendall(("%s %s HTTP/1.0\r\nHost: test\r\n\r\n" % (method, path)).encode())
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        sock.close()
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
 
 
 def make_agent(pool_sim, **overrides):
@@ -148,3 +186,42 @@ def clients(agent):
     yield connect
     for client in opened:
         client.close()
+
+
+USER, PASSWORD = "farm", "s3cret"  # of the proxies the pproxy fixture starts
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    with std_socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def pproxy():
+    """One pproxy process listening as four proxies; {"socks5"|"socks5_auth"|"http"|"http_auth": port}."""
+    ports = {name: free_port() for name in ("socks5", "socks5_auth", "http", "http_auth")}
+    # --auth 0: by default pproxy remembers for 30 days an IP that authenticated once and then lets any
+    # password through, which would hide wrong-password failures.
+    args = [sys.executable, "-m", "pproxy", "--auth", "0"]
+    for name, port in ports.items():
+        auth = "#%s:%s" % (USER, PASSWORD) if name.endswith("_auth") else ""
+        args += ["-l", "%s://127.0.0.1:%d%s" % (name.split("_")[0], port, auth)]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + wait(10)
+        for port in ports.values():
+            while True:
+                assert process.poll() is None, "pproxy exited: %s" % process.stderr.read().decode()
+                assert time.monotonic() < deadline, "pproxy did not listen in time"
+                try:
+                    std_socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    time.sleep(0.02)
+        yield ports
+    finally:
+        process.terminate()
+        process.wait(wait(5))
+        process.stderr.close()

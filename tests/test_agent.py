@@ -253,24 +253,6 @@ def test_pool_loss_keeps_the_miner_and_gives_it_work_on_the_new_connection(pool,
     assert pool.connections_total == 2
 
 
-def test_pool_failover_to_the_next_pool(pool):
-    from gagent.config import config_from_dict
-    from gagent.server import Agent
-    from gagent.sim.pool import PoolSimulator
-    refusing = PoolSimulator(sub_accounts=["someone-else"]).start()
-    agent = Agent(config_from_dict({
-        "agent_listen_ip": "127.0.0.1", "agent_listen_port": 0,
-        "pools": [["127.0.0.1", refusing.address[1], "demo"], ["127.0.0.1", pool.address[1], "demo"]],
-        "advanced": {"pool_connection_number_per_subaccount": 1}}))
-    agent.start()
-    try:
-        assert agent.wait_ready(wait(5))
-        assert agent.upstreams[0].pool.port == pool.address[1]
-    finally:
-        agent.stop()
-        refusing.stop()
-
-
 def test_client_reconnect_from_pool_reconnects_that_connection(pool, agent):
     agent_connection(pool)
     pool.send_raw_all(b'{"id":null,"method":"client.reconnect","params":[]}\n')

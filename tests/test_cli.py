@@ -1,19 +1,12 @@
 """The `gagent` entry point as an operator runs it: a subprocess with a config file and a log dir."""
 import json
 import signal
-import socket as std_socket
 import subprocess
 import sys
 
 import pytest
 
-from conftest import LineClient, wait, wait_until
-
-
-def free_port() -> int:
-    with std_socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from conftest import LineClient, free_port, http_request, wait, wait_until
 
 
 def write_agent_conf(tmp_path, pool, connections: int, http_listen: str = "", **keys):
@@ -33,20 +26,8 @@ def write_agent_conf(tmp_path, pool, connections: int, http_listen: str = "", **
 
 def http_get(port: int, path: str):
     """(status, body) from the agent's status listener, without blocking the hub (the pool runs here)."""
-    from gevent import socket
-    sock = socket.create_connection(("127.0.0.1", port), timeout=wait(5))
-    try:
-        sock.sendall(("GET %s HTTP/1.0\r\n\r\n" % path).encode())
-        chunks = []
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        sock.close()
-    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
-    return int(head.split()[1]), body
+    status, _, body = http_request(("127.0.0.1", port), path)
+    return status, body
 
 
 @pytest.mark.timeout(60)

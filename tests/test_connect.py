@@ -3,8 +3,6 @@ proxy (a subprocess, with and without user/password), small gevent servers that 
 (silent, slow, refusing the target), and TLS with a trustme CA."""
 import socket as std_socket
 import ssl
-import subprocess
-import sys
 import time
 
 import gevent
@@ -16,47 +14,11 @@ from gevent.server import StreamServer
 
 from gagent.connect import PoolConnectError, ProxySpec, open_pool_socket, parse_proxy_url
 
-from conftest import wait
+from conftest import PASSWORD, USER, free_port, wait
 
 pytestmark = pytest.mark.timeout(wait(10))
 
-USER, PASSWORD = "farm", "s3cret"
 TIMEOUT = wait(3)
-
-
-def free_port() -> int:
-    with std_socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def pproxy():
-    """One pproxy process listening as four proxies; {"socks5"|"socks5_auth"|"http"|"http_auth": port}."""
-    ports = {name: free_port() for name in ("socks5", "socks5_auth", "http", "http_auth")}
-    # --auth 0: by default pproxy remembers for 30 days an IP that authenticated once and then lets any
-    # password through, which would hide wrong-password failures.
-    args = [sys.executable, "-m", "pproxy", "--auth", "0"]
-    for name, port in ports.items():
-        auth = "#%s:%s" % (USER, PASSWORD) if name.endswith("_auth") else ""
-        args += ["-l", "%s://127.0.0.1:%d%s" % (name.split("_")[0], port, auth)]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + wait(10)
-        for port in ports.values():
-            while True:
-                assert process.poll() is None, "pproxy exited: %s" % process.stderr.read().decode()
-                assert time.monotonic() < deadline, "pproxy did not listen in time"
-                try:
-                    std_socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    time.sleep(0.02)
-        yield ports
-    finally:
-        process.terminate()
-        process.wait(wait(5))
-        process.stderr.close()
 
 
 def proxy(pproxy, name, password=PASSWORD) -> ProxySpec:

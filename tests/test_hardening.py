@@ -5,7 +5,6 @@ connection keep having their shares written and answered, that the offender gets
 clean disconnect, that the agent stays idle, and that the log holds no traceback.
 """
 import json
-import logging
 
 import gevent
 import psutil
@@ -15,7 +14,7 @@ from hypothesis import strategies as st
 
 from gagent.sim.pool import PoolSimulator
 
-from conftest import TINY_DIFFICULTY, LineClient, make_agent, wait, wait_until
+from conftest import TINY_DIFFICULTY, LineClient, make_agent, start_agent, wait, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -122,13 +121,7 @@ def test_an_impossible_first_difficulty_backs_off_instead_of_looping(difficulty,
 
 def test_a_pool_that_authorizes_then_closes_is_retried_with_backoff_then_the_next_pool(pool, caplog):
     flapping = PoolSimulator(default_difficulty=TINY_DIFFICULTY, close_after_authorize=True).start()
-    from gagent.config import config_from_dict
-    from gagent.server import Agent
-    agent = Agent(config_from_dict({
-        "agent_listen_ip": "127.0.0.1", "agent_listen_port": 0,
-        "pools": [["127.0.0.1", flapping.address[1], "demo"], ["127.0.0.1", pool.address[1], "demo"]],
-        "advanced": {"pool_connection_number_per_subaccount": 1}}))
-    agent.start()
+    agent = start_agent([flapping, pool])
     try:
         assert wait_until(lambda: agent.upstreams[0].ready and agent.upstreams[0].pool.port == pool.address[1],
                           timeout=10)

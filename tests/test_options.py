@@ -1,28 +1,13 @@
 """Every BTCAgent option, and the message sequences of real firmware (issue 14), end to end on loopback."""
-import gevent
 import pytest
 import trustme
 
-from gagent.config import config_from_dict
-from gagent.server import Agent
 from gagent.sim.miner import SimMiner
 from gagent.sim.pool import PoolSimulator
 
-from conftest import TINY_DIFFICULTY, LineClient, wait, wait_until
-from test_connect import PASSWORD, USER, free_port, pproxy  # noqa: F401 - the fixture is used below
+from conftest import PASSWORD, TINY_DIFFICULTY, USER, LineClient, free_port, start_agent, wait, wait_until
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def start_agent(pool_ports, sub_account="demo", **settings):
-    advanced = {"pool_connection_number_per_subaccount": 1}
-    advanced.update(settings.pop("advanced", {}))
-    conf = {"agent_listen_ip": "127.0.0.1", "agent_listen_port": 0,
-            "pools": [["127.0.0.1", port, sub_account] for port in pool_ports], "advanced": advanced}
-    conf.update(settings)
-    agent = Agent(config_from_dict(conf))
-    agent.start()
-    return agent
 
 
 # ---- multi_user_mode ----------------------------------------------------------------------------
@@ -130,7 +115,7 @@ def test_tls_verification_skipped_on_request(tls_pool):
 # ---- proxy ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("scheme", ["socks5", "http"])
-def test_pool_reached_through_a_proxy_after_a_refusing_one(pproxy, pool, scheme, caplog):  # noqa: F811
+def test_pool_reached_through_a_proxy_after_a_refusing_one(pproxy, pool, scheme, caplog):
     dead = "socks5://127.0.0.1:%d" % free_port()
     working = "%s://%s:%s@127.0.0.1:%d" % (scheme, USER, PASSWORD, pproxy[scheme + "_auth"])
     agent = start_agent([pool.address[1]], proxy=[dead, working], direct_connect_after_proxy=False)

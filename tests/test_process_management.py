@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from gevent import subprocess
 
-from conftest import LineClient, wait, wait_until
-from test_cli import free_port, http_get, write_agent_conf
+from conftest import LineClient, free_port, wait, wait_until
+from test_cli import http_get, write_agent_conf
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

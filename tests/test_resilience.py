@@ -6,25 +6,12 @@ Faults are injected with the pool simulator on real loopback sockets; miners are
 import gevent
 import pytest
 
-from gagent.config import config_from_dict
-from gagent.server import Agent
 from gagent.sim.miner import SimMiner
 from gagent.sim.pool import PoolSimulator
 
-from conftest import TINY_DIFFICULTY, LineClient, make_agent, wait, wait_until
+from conftest import TINY_DIFFICULTY, LineClient, start_agent, wait, wait_until
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def start_agent(pools, **advanced):
-    settings = {"pool_connection_number_per_subaccount": 1}
-    settings.update(advanced)
-    agent = Agent(config_from_dict({
-        "agent_listen_ip": "127.0.0.1", "agent_listen_port": 0,
-        "pools": [["127.0.0.1", p.address[1], "demo"] for p in pools],
-        "advanced": settings}))
-    agent.start()
-    return agent
 
 
 def login_all(agent, count, prefix="m"):
@@ -46,7 +33,7 @@ def next_job(client, timeout=10.0):
 
 
 def test_pool_restarted_within_the_grace_period_disconnects_no_miner(pool):
-    agent = start_agent([pool], pool_connection_number_per_subaccount=3)
+    agent = start_agent([pool], advanced={"pool_connection_number_per_subaccount": 3})
     miners = [SimMiner(*agent.address, username="demo.r%d" % n).start() for n in range(6)]
     try:
         assert agent.wait_ready(wait(5))
@@ -69,7 +56,7 @@ def test_pool_restarted_within_the_grace_period_disconnects_no_miner(pool):
 
 
 def test_three_of_five_connections_dropped_move_their_miners_within_a_second(pool):
-    agent = start_agent([pool], pool_connection_number_per_subaccount=5)
+    agent = start_agent([pool], advanced={"pool_connection_number_per_subaccount": 5})
     try:
         assert wait_until(lambda: len(pool.authorized) == 5 and all(u.ready for u in agent.upstreams))
         clients = login_all(agent, 20)
@@ -103,7 +90,7 @@ def test_three_of_five_connections_dropped_move_their_miners_within_a_second(poo
 
 
 def test_pool_down_longer_than_the_grace_period_disconnects_miners_after_it_not_before(pool):
-    agent = start_agent([pool], upstream_grace_seconds=2)
+    agent = start_agent([pool], advanced={"upstream_grace_seconds": 2})
     try:
         assert agent.wait_ready(wait(5))
         clients = login_all(agent, 5)
@@ -122,12 +109,8 @@ def test_pool_down_longer_than_the_grace_period_disconnects_miners_after_it_not_
 
 
 def test_always_keep_downconn_gives_fake_jobs_then_real_work_again(pool):
-    agent = Agent(config_from_dict({
-        "agent_listen_ip": "127.0.0.1", "agent_listen_port": 0, "always_keep_downconn": True,
-        "pools": [["127.0.0.1", pool.address[1], "demo"]],
-        "advanced": {"pool_connection_number_per_subaccount": 1, "upstream_grace_seconds": 1,
-                     "fake_job_notify_interval_seconds": 1}}))
-    agent.start()
+    agent = start_agent([pool], always_keep_downconn=True,
+                        advanced={"upstream_grace_seconds": 1, "fake_job_notify_interval_seconds": 1})
     try:
         assert agent.wait_ready(wait(5))
         client = LineClient(agent.address)
@@ -155,7 +138,7 @@ def test_miners_authorizing_while_no_connection_is_ready_are_held_then_served():
     pool.start()
     port = pool.address[1]
     pool.pause_listening()
-    agent = start_agent([pool], pool_connection_number_per_subaccount=2)
+    agent = start_agent([pool], advanced={"pool_connection_number_per_subaccount": 2})
     clients = []
     try:
         for n in range(200):
@@ -180,7 +163,8 @@ def test_miners_authorizing_while_no_connection_is_ready_are_held_then_served():
 def test_primary_down_at_start_uses_the_backup_then_fails_back_without_disconnects(pool):
     primary = PoolSimulator(default_difficulty=TINY_DIFFICULTY).start()
     primary.pause_listening()
-    agent = start_agent([primary, pool], pool_connection_number_per_subaccount=2, pool_failback_seconds=1)
+    agent = start_agent([primary, pool], advanced={"pool_connection_number_per_subaccount": 2,
+                                                   "pool_failback_seconds": 1})
     try:
         assert wait_until(lambda: all(u.ready and u.pool.port == pool.address[1] for u in agent.upstreams), timeout=10)
         clients = login_all(agent, 6)
@@ -202,7 +186,7 @@ def test_primary_down_at_start_uses_the_backup_then_fails_back_without_disconnec
 
 
 def test_connections_reset_one_by_one_move_only_their_miners(pool):
-    agent = start_agent([pool], pool_connection_number_per_subaccount=4)
+    agent = start_agent([pool], advanced={"pool_connection_number_per_subaccount": 4})
     try:
         assert wait_until(lambda: len(pool.authorized) == 4 and all(u.ready for u in agent.upstreams))
         clients = login_all(agent, 12)
@@ -220,7 +204,7 @@ def test_connections_reset_one_by_one_move_only_their_miners(pool):
 
 def test_a_stalled_handshake_times_out_and_the_next_pool_serves(pool):
     stalled = PoolSimulator(default_difficulty=TINY_DIFFICULTY, stall_handshake=True).start()
-    agent = start_agent([stalled, pool], pool_connection_dial_timeout_seconds=0.5)
+    agent = start_agent([stalled, pool], advanced={"pool_connection_dial_timeout_seconds": 0.5})
     try:
         assert wait_until(lambda: agent.upstreams[0].ready and agent.upstreams[0].pool.port == pool.address[1],
                           timeout=10)
@@ -256,7 +240,7 @@ def test_reconnect_backoff_grows_with_jitter_and_is_logged(caplog):
 
 
 def test_a_share_for_a_job_of_a_lost_connection_gets_21_never_true(pool):
-    agent = start_agent([pool], pool_connection_number_per_subaccount=2)
+    agent = start_agent([pool], advanced={"pool_connection_number_per_subaccount": 2})
     try:
         assert wait_until(lambda: len(pool.authorized) == 2 and all(u.ready for u in agent.upstreams))
         client = LineClient(agent.address)

@@ -1,5 +1,4 @@
 """Graceful stop, idle sockets and dead peers (issue 10): what an operator restarting gagent would notice."""
-import json
 import signal
 import socket
 import subprocess

@@ -11,10 +11,9 @@ from types import SimpleNamespace
 
 import gevent
 import pytest
-from gevent import socket
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import TINY_DIFFICULTY, wait, wait_until
+from conftest import TINY_DIFFICULTY, http_request, wait, wait_until
 from gagent.config import PoolEntry, config_from_dict
 from gagent.counters import Counters
 from gagent.sim.miner import SimMiner
@@ -79,23 +78,8 @@ def serve():
 
 
 def http_get(server, path, method="GET"):
-    """(status, headers, body) of one request on a gevent socket: urllib would block the hub serving it."""
-    sock = socket.create_connection(server.address, timeout=wait(10))
-    try:
-        sock.sendall(("%s %s HTTP/1.0\r\nHost: test\r\n\r\n" % (method, path)).encode())
-        chunks = []
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        sock.close()
-    data = b"".join(chunks)
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    return int(lines[0].split()[1]), headers, body
+    """(status, headers, body) of one request to the status server."""
+    return http_request(server.address, path, method)
 
 
 def get_json(server, path="/status.json"):
