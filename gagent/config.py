@@ -159,18 +159,42 @@ def _parse_pools(value: Any) -> List[PoolEntry]:
     return pools
 
 
+# The Go agent's spellings: "system" is the first proxy environment variable that is set; socks4 and
+# socks4a are dialled as SOCKS5; https:// and entries without a scheme go through HTTP CONNECT.
+PROXY_ENVIRONMENT = ("ALL_PROXY", "all_proxy", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
+_PROXY_SCHEME_ALIASES = {"socks4": "socks5", "socks4a": "socks5", "https": "http"}
+
+
+def _as_the_go_agent_reads(url: str) -> Optional[str]:
+    if url.strip().lower() == "system":
+        url = next((os.environ[name] for name in PROXY_ENVIRONMENT if os.environ.get(name)), "")
+        if not url:
+            return None
+    if "://" not in url:
+        url = "http://" + url.strip()
+    scheme, rest = url.split("://", 1)
+    return _PROXY_SCHEME_ALIASES.get(scheme.lower(), scheme) + "://" + rest
+
+
 def _parse_proxy(value: Any) -> List[str]:
     if isinstance(value, str):
         value = [item for item in value.split(",") if item]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ConfigError("proxy: expected a list of proxy URLs (socks5://…, http://…), got %r" % (value,))
     from .connect import parse_proxy_url
-    for n, url in enumerate(value):
+    urls = []
+    for n, entry in enumerate(value):
+        url = _as_the_go_agent_reads(entry)
+        if url is None:
+            log.warning('proxy[%d] is "system" but no proxy environment variable is set (%s); ignored',
+                        n, ", ".join(PROXY_ENVIRONMENT))
+            continue
         try:
             parse_proxy_url(url)
         except ValueError as exc:
             raise ConfigError("proxy[%d]: %s" % (n, exc)) from None
-    return value
+        urls.append(url)
+    return urls
 
 
 def _parse_listen_address(key: str, value: str) -> "tuple[str, int]":

@@ -56,10 +56,25 @@ def test_pools_from_command_line_and_environment():
     ({"pools": [["h", 1, "s"]], "use_ip_as_worker_name": "maybe"}, "use_ip_as_worker_name"),
     ({"pools": [["h", 1, "s"]], "advanced": {"pool_connection_number_per_subaccount": 0}},
      "pool_connection_number_per_subaccount"),
+    ({"pools": [["h", 1, "s"]], "proxy": ["ftp://proxy:21"]}, "proxy[0]"),
+    ({"pools": [["h", 1, "s"]], "proxy": ["socks5://proxy"]}, "proxy[0]"),
+    ({"pools": [["h", 1, "s"]], "advanced": {"share_answer_after": "never"}}, "share_answer_after"),
+    ({"pools": [["h", 1, "s"]], "http_listen": "8080"}, "http_listen"),
 ])
 def test_bad_values_are_refused_naming_the_key(data, key):
     with pytest.raises(ConfigError, match=r"^%s" % key.replace("[", r"\[").replace("]", r"\]")):
         config_from_dict(data)
+
+
+def test_proxy_entries_as_the_go_agent_reads_them(monkeypatch):
+    for name in ("ALL_PROXY", "all_proxy", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://env-proxy:3128")
+    config = config_from_dict({"pools": [["h", 1, "s"]], "proxy": [
+        "system", "socks4://a:1080", "socks4a://b:1080", "https://c:443", "d:3128", "socks5://u:p@e:1080"]})
+    assert config.proxy == ["http://env-proxy:3128", "socks5://a:1080", "socks5://b:1080", "http://c:443",
+                            "http://d:3128", "socks5://u:p@e:1080"]
+    assert config_from_dict({"pools": [["h", 1, "s"]], "proxy": ["x:1"], "use_proxy": False}).proxy == []
 
 
 def test_unknown_keys_warn(caplog):
