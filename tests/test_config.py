@@ -27,6 +27,17 @@ def test_example_config_loads_with_seed_defaults():
     assert config.pool_connection_read_timeout_seconds == 60
 
 
+def test_the_full_example_lists_every_key_with_its_default(caplog):
+    from gagent.config import ADVANCED_DEFAULTS, TOP_LEVEL_DEFAULTS
+    data = json.load(open("etc/agent_conf.full.json"))
+    assert set(data) - {"advanced"} == set(TOP_LEVEL_DEFAULTS)
+    assert set(data["advanced"]) == set(ADVANCED_DEFAULTS)
+    full = config_from_dict(data)
+    defaults = config_from_dict({"pools": data["pools"]})
+    assert vars(full) == vars(defaults)
+    assert "unknown key" not in caplog.text
+
+
 def test_command_line_beats_environment_beats_file(tmp_path):
     path = write_conf(tmp_path, {"pools": [["pool.example", 1800, "sub"]], "agent_listen_port": 4000,
                                  "fixed_worker_name": "file", "advanced": {"pool_connection_number_per_subaccount": 2}})
