@@ -126,7 +126,9 @@ class Uplink:
                 if self._batches:
                     self._answer_acknowledged()
                 if self._probe_id is not None and loop.now() - self._probe_sent_at > PROBE_TIMEOUT:
-                    raise _Stalled("no answer to a probe for %.0f s: the pool is not reading" % PROBE_TIMEOUT)
+                    raise _Stalled("no answer to a probe for %.0f s: the pool is not reading (a pool that never "
+                                   "answers agent.get_capabilities needs advanced.share_answer_after \"tcp\")"
+                                   % PROBE_TIMEOUT)
                 wake.clear()
                 if not self._out and not self._needs_probe():
                     continue
