@@ -311,3 +311,25 @@ def test_a_pool_that_stops_reading_then_closes_loses_no_share_behind_a_true():
             client.close()
         agent.stop()
         pool.stop()
+
+
+def test_a_pool_that_stops_reading_is_declared_broken_and_its_miners_move_on(monkeypatch, pool):
+    import gagent.uplink
+    monkeypatch.setattr(gagent.uplink, "PROBE_TIMEOUT", 0.5)
+    agent = start_agent([pool])
+    try:
+        assert agent.wait_ready(wait(5))
+        client = LineClient(agent.address)
+        _, seen = client.login("demo.hung")
+        job = seen[-1]["params"]
+        stuck = pool.authorized[0]
+        pool.stop_reading(stuck)  # this connection only: its replacement is read normally
+        msg_id = client.request("mining.submit", ["demo.hung", job[0], "00000001", job[7], "00000001"])
+        answer = client.answer(msg_id, timeout=5)
+        assert answer["result"] is None and answer["error"][0] == 30  # never confirmed: not true
+        assert next_job(client)[-1]["params"][8] is True  # work from the new connection
+        assert wait_until(lambda: any(c is not stuck and "hung" in [w for _, w in c.workers.values()]
+                                      for c in pool.authorized))
+        client.close()
+    finally:
+        agent.stop()
