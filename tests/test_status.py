@@ -18,7 +18,7 @@ from gagent.config import PoolEntry, config_from_dict
 from gagent.counters import Counters
 from gagent.sim.miner import SimMiner
 from gagent.status import StatusServer
-from gagent.status.snapshot import format_hashrate, reason_name
+from gagent.status.snapshot import _encode, format_hashrate, miner_row, reason_name, status_json
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -190,6 +190,21 @@ def test_per_worker_series_only_when_configured_and_summed_per_name(serve):
     assert sample(scrape, "gagent_miners_authorized", sub_account="other") == 1
 
 
+def test_per_worker_text_is_what_prometheus_client_writes():
+    """The per-worker families are written without prometheus-client's formatter (60,000 samples are
+    slow through it); the text must be exactly what it would write for the same samples."""
+    from prometheus_client import generate_latest
+    from gagent.status.metrics import WORKER_FAMILIES, WorkerSeries, _label_texts, _Piece
+    rows = sorted({("demo", "rig1"): [2, 7, 1, 3.3e12, 1700000000.25, 65536.0],
+                   ("demo", 'we"ird\\name\n'): [1, 0, 0, 0.0, 0.0, 0.0],
+                   ("caf\u00e9", "r\u00fcg"): [1, 2 ** 40, 3, 1.5e13, 1700000000.25, 1024],
+                   ("demo", "rig2"): [1, 7, 1, 123.456, 1700000001.5, 65536.0]}.items())
+    labels = _label_texts(rows)
+    for index, (name, kind, documentation) in enumerate(WORKER_FAMILIES):
+        series = WorkerSeries(name, kind, documentation, rows, index)
+        assert "".join(series.text(labels)).encode() == generate_latest(_Piece(series.family())), name
+
+
 def test_healthz_needs_listening_and_a_ready_connection(serve):
     agent = fake_agent()
     server = serve(agent)
@@ -251,6 +266,91 @@ def test_ten_thousand_miners_never_block_the_hub_for_long(serve):
     assert max(gaps) < wait(0.1), "the hub was blocked for %.0f ms (whole build %.0f ms)" % (
         max(gaps) * 1000, elapsed * 1000)
     assert len(gaps) > 20  # the ticker really ran during the build, not only at its end
+
+
+def test_miner_rows_are_exactly_the_encoded_rows():
+    """/status.json writes each miner's row straight to text; it must be what encoding miner_row() gives,
+    whatever the values: shared and unshared floats, an int difficulty equal to a float one, no
+    difficulty, odd names, held and stale miners, and a value of a type the fast path does not take."""
+    now = time.time()
+    clock = now - 100.0  # one float object shared by many miners, as the agent's clock
+    miners = [FakeMiner(n, "rig%d" % n, difficulty=1024.0, connected_at=clock, last_share_at=clock, rate=n * 1.1e12)
+              for n in range(1, 6)]
+    miners += [FakeMiner(6, "", difficulty=None, connected_at=clock),
+               FakeMiner(7, "rig7", difficulty=1024, last_share_at=now - 1000.0, rate=0),  # int: "1024", not "1024.0"
+               FakeMiner(8, 'r\u00fcg "8"\\\n\u2603', sub_account="caf\u00e9", difficulty=2 ** 40, held=True,
+                         connected_at=now - 5000.0, rate=float("1e300")),
+               FakeMiner(9, "rig9", difficulty=0.5, accepted=2 ** 70, rate=3)]
+    miners[4].user_agent = 'cgminer "4.11"'
+    odd = FakeMiner(10, "rig10")
+    odd.peer_ip = None  # not a string: encoded from its dict
+    miners.append(odd)
+    agent = fake_agent(miners)
+    document = status_json(agent)
+    status = json.loads(document)
+    expected = _encode([miner_row(miner, status["now"]) for miner in miners]).encode()
+    assert document[document.index(b'"miners":[') + len(b'"miners":'):-1] == expected
+    assert status["miners"][6]["difficulty"] == 1024 and isinstance(status["miners"][6]["difficulty"], int)
+    assert status["miners"][7]["worker"] == 'r\u00fcg "8"\\\n\u2603' and status["miners"][7]["held"]
+    assert [m["stale"] for m in status["miners"]] == [False] * 6 + [True, True, False, False]
+    totals = status["totals"]
+    assert (totals["miners"], totals["authorized"], totals["stale"]) == (10, 9, 2)
+    assert totals["hashrate"] == sum(miner.rate for miner in miners)
+
+
+def count_builds(cache, delay=0.0):
+    """Count the builds of a StatusServer body (each taking `delay` longer); returns the list of them."""
+    builds = []
+    build = cache.build
+
+    def counted():
+        builds.append(1)
+        gevent.sleep(delay)
+        return build()
+
+    cache.build = counted
+    return builds
+
+
+def test_requests_during_a_build_share_it_and_metrics_are_kept_briefly(serve):
+    now = time.time()
+    agent = fake_agent([FakeMiner(n, "rig%d" % n, last_share_at=now, rate=1e12) for n in range(1, 1201)])
+    server = serve(agent)
+    builds = count_builds(server._status_json, delay=wait(0.2))  # the other requests come during the build
+    first = [gevent.spawn(http_get, server, "/status.json") for _ in range(4)]
+    gevent.joinall(first, raise_error=True)
+    assert len(builds) == 1 and len({g.value[2] for g in first}) == 1
+    assert json.loads(first[0].value[2])["totals"]["miners"] == 1200
+    assert server._status_json.body is None  # not kept: the next request builds it again
+    agent.miners.pop(1)
+    assert json.loads(http_get(server, "/status.json")[2])["totals"]["miners"] == 1199
+    assert len(builds) == 2
+
+    metrics_builds = count_builds(server._metrics)
+    assert http_get(server, "/metrics")[2] == http_get(server, "/metrics")[2]
+    assert len(metrics_builds) == 1
+
+
+def test_a_kept_body_is_let_go_when_it_expires(serve):
+    agent = fake_agent([FakeMiner(1, "rig1")])
+    server = serve(agent)
+    cache = server._status_json
+    cache.seconds = wait(0.3)
+    builds = count_builds(cache)
+    body = http_get(server, "/status.json")[2]
+    assert http_get(server, "/status.json")[2] == body and len(builds) == 1
+    gevent.sleep(cache.seconds + wait(0.1))
+    assert cache.body is None  # dropped by its timer, not by the next request
+    agent.miners.clear()
+    assert json.loads(http_get(server, "/status.json")[2])["totals"]["miners"] == 0
+    assert len(builds) == 2
+
+
+def test_open_fds_counts_the_open_descriptors():
+    import psutil
+    from gagent.status.metrics import open_fds
+    process = psutil.Process()
+    assert abs(open_fds(process) - process.num_fds()) <= 1  # listing /proc/self/fd opens one more
 
 
 def test_reason_names_and_hashrate_format():

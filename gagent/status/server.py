@@ -5,19 +5,24 @@ what a burst of scrapes or open browser tabs can take from the miners. GET and H
 connection (every answer says Connection: close). gevent's WSGI server did the same job but cost about
 6 MB of resident memory (it imports http.client, email and ssl); prometheus-client (about 10 MB) is
 imported by the first scrape of /metrics.
+
+Requests for /status.json or /metrics that come while one is being built wait for that build and get
+the same body, instead of starting their own; /metrics is also answered again for METRICS_CACHE_SECONDS.
 """
 import logging
 import pkgutil
-from typing import TYPE_CHECKING, Any, List, Optional, Tuple
+import time
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Tuple, Union
 from urllib.parse import unquote, urlsplit
 
 import gevent
 from gevent import socket
+from gevent.event import AsyncResult
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
 from ..config import listen_address
-from .snapshot import is_healthy, status_json
+from .snapshot import is_healthy, status_json_chunks
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..server import Agent
@@ -29,8 +34,69 @@ MAX_REQUEST_BYTES = 8192  # request line and headers; a longer request is answer
 READ_SECONDS = 10.0       # to receive the whole request
 SEND_SECONDS = 30.0       # to send the answer (/metrics with per-worker series can be megabytes)
 LINGER_SECONDS = 2.0      # reading what the client still sends after the answer, before closing
+# A built body is answered again for this long. /metrics is a few kB: kept, it spares a second Prometheus
+# server (or a quick re-scrape) a rebuild. /status.json is about 2.7 MB at 10,000 miners: kept for 2 s,
+# it raised the agent's resident memory by as much in the benchmark (one page, scraped every 5 s)
+# and saved nothing; requests that come while it is being built still share that build.
+METRICS_CACHE_SECONDS = 2.0
+STATUS_CACHE_SECONDS = 0.0
 TEXT = "text/plain; charset=utf-8"
-Answer = Tuple[str, str, bytes, List[Tuple[str, str]]]  # status, content type, body, extra headers
+Body = Union[bytes, Sequence[bytes]]  # one piece, or pieces sent one after the other
+Answer = Tuple[str, str, Body, List[Tuple[str, str]]]  # status, content type, body, extra headers
+
+
+class Cached:
+    """A body built by `build()` when asked and shared: every request that comes while it is being
+    built gets it too, and so does every request in the `seconds` after its build began (0: none).
+
+    A kept body is let go when it expires (a timer), not when the next request comes.
+    """
+
+    def __init__(self, build: Callable[[], Body], seconds: float) -> None:
+        self.build = build
+        self.seconds = seconds
+        self.body: Optional[Body] = None
+        self.expires = 0.0
+        self._building: Optional[AsyncResult] = None
+        self._timer: Any = None
+
+    def get(self) -> Body:
+        if self.body is not None and time.monotonic() < self.expires:
+            return self.body
+        building = self._building
+        if building is not None:
+            building.wait()
+            if building.successful():
+                return building.value
+        result = self._building = AsyncResult()  # a failed build is not shared: each request tries its own
+        started = time.monotonic()
+        try:
+            body = self.build()
+        except BaseException as exc:
+            result.set_exception(exc)
+            raise
+        finally:
+            if self._building is result:
+                self._building = None
+        result.set(body)
+        if self.seconds > 0:
+            self.body, self.expires = body, started + self.seconds
+            if self._timer is None:  # fires `seconds` after the last build ended: it has expired by then
+                self._timer = gevent.get_hub().loop.timer(self.seconds, ref=False)
+            self._timer.stop()
+            self._timer.start(self._drop)
+        return body
+
+    def _drop(self) -> None:
+        if time.monotonic() >= self.expires:
+            self.body = None
+
+    def close(self) -> None:
+        self.body = None
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer.close()
+            self._timer = None
 
 
 class StatusServer:
@@ -43,6 +109,8 @@ class StatusServer:
         if address is None:
             address = listen_address(agent.config.http_listen)
         self._server = StreamServer(address, self._serve, spawn=Pool(MAX_REQUESTS))
+        self._status_json = Cached(lambda: status_json_chunks(self.agent), STATUS_CACHE_SECONDS)
+        self._metrics = Cached(self._metrics_text, METRICS_CACHE_SECONDS)
 
     @property
     def address(self) -> Tuple[str, int]:
@@ -56,6 +124,14 @@ class StatusServer:
 
     def stop(self, timeout: float = 2.0) -> None:
         self._server.stop(timeout=timeout)
+        self._status_json.close()
+        self._metrics.close()
+
+    def _metrics_text(self) -> bytes:
+        from . import metrics  # prometheus-client: paid by the first scrape, not by every agent
+        if self.registry is None:
+            self.registry = metrics.make_registry(self.agent)
+        return metrics.metrics_text(self.registry)
 
     def answer(self, method: str, path: str) -> Answer:
         """What a request for `path` gets (the body also for HEAD: its length is the Content-Length)."""
@@ -64,12 +140,11 @@ class StatusServer:
         if path in ("/", "/index.html"):
             return "200 OK", "text/html; charset=utf-8", self.page, []
         if path == "/status.json":
-            return "200 OK", "application/json", status_json(self.agent), []
+            return "200 OK", "application/json", self._status_json.get(), []
         if path == "/metrics":
-            from . import metrics  # prometheus-client: paid by the first scrape, not by every agent
-            if self.registry is None:
-                self.registry = metrics.make_registry(self.agent)
-            return "200 OK", metrics.CONTENT_TYPE_LATEST, metrics.metrics_text(self.registry), []
+            body = self._metrics.get()
+            from .metrics import CONTENT_TYPE_LATEST  # loaded by the build
+            return "200 OK", CONTENT_TYPE_LATEST, body, []
         if path == "/healthz":
             if is_healthy(self.agent):
                 return "200 OK", TEXT, b"ok\n", []
@@ -97,11 +172,19 @@ class StatusServer:
                 except Exception:
                     log.exception("status request %s %s failed", method, words[1][:200])
                     status, content_type, body, extra = "500 Internal Server Error", TEXT, b"internal error\n", []
-            headers = [("Content-Type", content_type), ("Content-Length", str(len(body))),
+            pieces = [body] if isinstance(body, bytes) else body
+            headers = [("Content-Type", content_type), ("Content-Length", str(sum(map(len, pieces)))),
                        ("Cache-Control", "no-store"), ("Connection", "close")] + extra
             response = "HTTP/1.1 %s\r\n%s\r\n\r\n" % (status, "\r\n".join("%s: %s" % h for h in headers))
             sock.settimeout(SEND_SECONDS)
-            sock.sendall(response.encode("latin-1") + (b"" if method == "HEAD" else body))
+            if method == "HEAD" or not pieces:
+                sock.sendall(response.encode("latin-1"))
+            else:  # the head with the first piece, then the rest as they are (never joined into one copy)
+                if len(pieces) > 1:  # no piece's tail waits for an ACK of the one before (Nagle)
+                    _no_delay(sock)
+                sock.sendall(response.encode("latin-1") + pieces[0])
+                for piece in pieces[1:]:
+                    sock.sendall(piece)
             sock.shutdown(socket.SHUT_WR)
             # closing with unread bytes would reset the connection, and could lose the answer's end
             with gevent.Timeout(LINGER_SECONDS, False):
@@ -111,6 +194,13 @@ class StatusServer:
             pass  # the client went away (or stalled for SEND_SECONDS): nothing to tell it
         finally:
             sock.close()
+
+
+def _no_delay(sock: socket.socket) -> None:
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass
 
 
 def _complete(head: bytes) -> bool:
