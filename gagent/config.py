@@ -54,7 +54,7 @@ ADVANCED_DEFAULTS: Dict[str, Any] = {
     "fake_job_notify_interval_seconds": 30.0,
     "tls_skip_certificate_verify": False,
     "tls_ca_file": "",
-    "upstream_flush_delay_ms": 5.0,
+    "upstream_flush_delay_ms": 100.0,
     "miner_backlog_limit_bytes": 1 << 20,
     "upstream_grace_seconds": 30.0,
     "share_answer_after": "pool",
