@@ -4,7 +4,11 @@ from typing import Callable
 
 
 class Backoff:
-    """Delays base, 2·base, 4·base … up to `cap`, each scaled by a random factor in [0.5, 1]."""
+    """Ceilings base, 2·base, 4·base … up to `cap`; each delay is drawn uniformly below its ceiling.
+
+    "Full jitter" spreads the retries of many agents and connections over the whole interval, and the
+    first of a pool set's connections to try again after an outage does so soon after the pool is
+    back (the earliest of five draws), which is when its held miners get work."""
 
     __slots__ = ("base", "cap", "failures", "_random")
 
@@ -18,7 +22,7 @@ class Backoff:
         """The delay before the next attempt; each call counts one more failure."""
         ceiling = min(self.cap, self.base * (2 ** min(self.failures, 30)))
         self.failures += 1
-        return ceiling * (0.5 + 0.5 * self._random())
+        return ceiling * self._random()
 
     def reset(self) -> None:
         """A success: the next failure starts again from `base`."""
