@@ -110,7 +110,7 @@ def test_an_impossible_first_difficulty_backs_off_instead_of_looping(difficulty,
     try:
         gevent.sleep(wait(2))
         assert not agent.upstreams[0].ready  # a connection without a starting difficulty serves no miner
-        assert pool.connections_total <= 4  # 0.5, 1, 2 s of back-off, not thousands of redials
+        assert pool.connections_total <= 10  # delays drawn below 0.5, 1, 2 s: not thousands of redials
         assert_idle_cpu()
         assert "not a difficulty" in caplog.text or "out of range" in caplog.text or "not a JSON number" in caplog.text
         assert_no_traceback(caplog)
@@ -126,7 +126,7 @@ def test_a_pool_that_authorizes_then_closes_is_retried_with_backoff_then_the_nex
         assert wait_until(lambda: agent.upstreams[0].ready and agent.upstreams[0].pool.port == pool.address[1],
                           timeout=10)
         gevent.sleep(wait(2))
-        assert flapping.connections_total <= 4
+        assert flapping.connections_total <= 10  # back-off, not thousands of redials
         assert_idle_cpu()
         assert_no_traceback(caplog)
     finally:
