@@ -7,13 +7,13 @@ import resource
 import signal
 import sys
 from typing import Any, Dict, List, Optional
-from urllib.parse import urlsplit, urlunsplit
 
 import gevent
 import gevent.event
 import simplejson
 
 from .config import Config, ConfigError, load_config
+from .connect import redact_url
 from .logs import LOG_FORMAT, SummaryLogger, setup_logging
 from .server import Agent
 from .status import StatusServer
@@ -22,20 +22,6 @@ log = logging.getLogger("gagent")
 
 SECRET_KEY = re.compile(r"pass|secret|token|key$", re.IGNORECASE)
 MASK = "***"
-
-
-def mask_url(url: str) -> str:
-    """socks5://user:pw@host:1080 -> socks5://user:***@host:1080; anything else unchanged."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return url
-    if not password:
-        return url
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    user = userinfo.partition(":")[0]
-    return urlunsplit(parts._replace(netloc="%s:%s@%s" % (user, MASK, hostport)))
 
 
 def effective_settings(config: Config) -> Dict[str, Any]:
@@ -47,7 +33,7 @@ def effective_settings(config: Config) -> Dict[str, Any]:
         if key == "pools":
             value = [list(pool) for pool in value]
         elif key == "proxy":
-            value = [mask_url(url) for url in value]
+            value = [redact_url(url) for url in value]
         elif SECRET_KEY.search(key) and isinstance(value, str) and value:
             value = MASK
         settings[key] = value

@@ -71,7 +71,7 @@ class ProxySpec(NamedTuple):
 
 def parse_proxy_url(url: str) -> ProxySpec:
     """socks5://[user:pass@]host:port or http://[user:pass@]host:port; ValueError with a clear message otherwise."""
-    shown = _redact(url)
+    shown = redact_url(url)
     expected = "expected socks5://[user:pass@]host:port or http://[user:pass@]host:port"
     if not isinstance(url, str) or "://" not in url:
         raise ValueError("proxy %r: %s" % (shown, expected))
@@ -275,7 +275,7 @@ def _close(sock: Optional["socket.socket"]) -> None:
         sock.close()
 
 
-def _redact(url: Any) -> Any:
+def redact_url(url: Any) -> Any:
     """`url` with the password replaced, for error messages."""
     if not isinstance(url, str) or "@" not in url or "://" not in url:
         return url

@@ -15,6 +15,7 @@ import gevent
 
 from .backoff import Backoff
 from .config import Config, PoolEntry
+from .cooperative import yielding
 from .counters import Counters
 from .protocol import stratum
 from .protocol.jobs import AgentJob, fake_notify, is_fake_job_id
@@ -47,6 +48,7 @@ class HeldMiners:
         self.miners: Dict[int, "MinerSession"] = {}
         self.since: Dict[int, float] = {}   # session id -> loop time it was held
         self.faking: Dict[int, "MinerSession"] = {}  # past the grace period, on fake jobs
+        self.awaiting_answer: Dict[int, Any] = {}  # session id -> authorize id, answered once placed
 
     @property
     def miner_count(self) -> int:
@@ -63,7 +65,7 @@ class HeldMiners:
         self.miners.pop(miner.session_id, None)
         self.since.pop(miner.session_id, None)
         self.faking.pop(miner.session_id, None)
-        self.pool_set._awaiting_answer.pop(miner.session_id, None)
+        self.awaiting_answer.pop(miner.session_id, None)
         if miner.upstream is self:
             miner.upstream = None
 
@@ -92,7 +94,6 @@ class PoolSet:
         self.accepted = False      # a connection was authorized at least once
         self.refused = ""          # why every pool refused this sub-account (before any success)
         self._refused_by: set = set()  # indexes of the pools that refused it
-        self._awaiting_answer: Dict[int, Any] = {}  # session id -> authorize id, answered once ready
         self.pools = pools
         self.counters = counters
         self._open_socket = open_socket
@@ -168,12 +169,12 @@ class PoolSet:
             if not miner.closed:  # the answer may have found the socket reset: never attach a closed miner
                 self.place(miner)
             return
-        self._awaiting_answer[miner.session_id] = msg_id
+        self.holding.awaiting_answer[miner.session_id] = msg_id
         self.holding.attach(miner)
         self._keep_grace()
 
     def _answer_authorize(self, miner: "MinerSession") -> None:
-        msg_id = self._awaiting_answer.pop(miner.session_id, _NO_ANSWER)
+        msg_id = self.holding.awaiting_answer.pop(miner.session_id, _NO_ANSWER)
         if msg_id is not _NO_ANSWER:
             miner.send(stratum.true_line(msg_id))
 
@@ -186,11 +187,11 @@ class PoolSet:
         if len(self._refused_by) < len(self.pools):
             return
         self.refused = "Sub-account %s not accepted by the pool" % self.sub_account
-        waiting = [self.holding.miners[sid] for sid in list(self._awaiting_answer) if sid in self.holding.miners]
+        waiting = [self.holding.miners[sid] for sid in list(self.holding.awaiting_answer) if sid in self.holding.miners]
         log.warning("%s: every pool refused the sub-account (%s); refusing its %d waiting miners",
                     self.sub_account, reason, len(waiting))
         for miner in waiting:
-            msg_id = self._awaiting_answer.pop(miner.session_id)
+            msg_id = self.holding.awaiting_answer.pop(miner.session_id)
             miner.send(stratum.error_line(msg_id, stratum.INVALID_USERNAME, self.refused))
             miner.close()
 
@@ -312,13 +313,11 @@ class PoolSet:
                             "over to their backup pool", self.sub_account, config.upstream_grace_seconds,
                             len(expired))
                 self.counters.miners_dropped_after_grace += len(expired)
-                for count, miner in enumerate(expired, 1):
-                    msg_id = self._awaiting_answer.pop(miner.session_id, _NO_ANSWER)
+                for miner in yielding(expired, FAN_OUT_BATCH):
+                    msg_id = self.holding.awaiting_answer.pop(miner.session_id, _NO_ANSWER)
                     if msg_id is not _NO_ANSWER:
                         miner.send(stratum.error_line(msg_id, stratum.INTERNAL_ERROR, "No pool connection ready"))
                     miner.close()
-                    if not count % FAN_OUT_BATCH:
-                        gevent.sleep(0)
             if self.holding.faking and now - last_fake >= config.fake_job_notify_interval_seconds:
                 last_fake = now
                 self._send_fake_job()
@@ -327,10 +326,8 @@ class PoolSet:
         self._fake_sequence += 1
         template = self.last_job.params if self.last_job is not None else None
         line = fake_notify(template, self._fake_sequence, int(time.time()))
-        for count, miner in enumerate(list(self.holding.faking.values()), 1):
+        for miner in yielding(list(self.holding.faking.values()), FAN_OUT_BATCH):
             miner.send(line)
-            if not count % FAN_OUT_BATCH:
-                gevent.sleep(0)
 
     # ---- failback ------------------------------------------------------------------------------
 
@@ -351,11 +348,9 @@ class PoolSet:
         self.connections[probe.slot] = probe
         probe.probe = False
         miners = list(old.miners.values())
-        for count, miner in enumerate(miners, 1):
+        for miner in yielding(miners, FAN_OUT_BATCH):
             old.detach(miner)
             probe.attach(miner)
-            if not count % FAN_OUT_BATCH:
-                gevent.sleep(0)
         # The backup writes out what it holds (unregisters, shares awaiting acknowledgement) first.
         gevent.spawn(old.drain, gevent.get_hub().loop.now() + DRAIN_SECONDS)
         self.counters.upstream_failbacks += 1

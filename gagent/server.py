@@ -4,7 +4,7 @@ import errno
 import logging
 import resource
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 import gevent
 from gevent import get_hub
@@ -15,6 +15,7 @@ from greenlet import greenlet
 from . import tcp
 from .config import Config, PoolEntry
 from .connect import CertificateNotTrusted, PoolConnectError, open_pool_socket, parse_proxy_url
+from .cooperative import yielding
 from .counters import Counters
 from .errors import log_unexpected
 from .miner import MinerSession
@@ -33,8 +34,8 @@ LISTEN_BACKLOG = 4096
 ACCEPT_RETRY_SECONDS = 1.0
 SUBSCRIBE_TIMEOUT_SECONDS = 30.0  # a connection that never subscribes is not a miner
 SWEEP_SECONDS = 5.0
-POOL_SET_IDLE_SECONDS = 60.0
-CLOCK_SECONDS = 1.0  # multi-user: how long a sub-account's connections outlive its last miner
+POOL_SET_IDLE_SECONDS = 60.0  # multi-user: how long a sub-account's connections outlive its last miner
+CLOCK_SECONDS = 1.0
 
 
 class MinerListener(StreamServer):
@@ -93,7 +94,7 @@ class Agent:
             main.on_ready = self._upstream_ready
             self.pool_sets[main.sub_account] = main
         self._proxies = [parse_proxy_url(url) for url in config.proxy]
-        self._unsubscribed: Dict[MinerSession, float] = {}
+        self._unsubscribed: Set[MinerSession] = set()  # connected, not subscribed yet
         self._ready = Event()
         self._server: Optional[MinerListener] = None
         self._sweeper: Optional[gevent.Greenlet] = None
@@ -192,10 +193,8 @@ class Agent:
             self._clock_timer.stop()
         if self._sweeper is not None:
             self._sweeper.kill(block=False)
-        for count, miner in enumerate(list(self.miners.values()), 1):
+        for miner in yielding(list(self.miners.values()), 1024):
             miner.close()
-            if not count % 1024:
-                gevent.sleep(0)
         gevent.joinall([gevent.spawn(pool_set.stop, deadline) for pool_set in self.pool_sets.values()],
                        timeout=timeout)
         if self._server is not None:
@@ -219,7 +218,7 @@ class Agent:
             return
         miner = MinerSession(self, client_socket, address[0], session_id)
         self.miners[session_id] = miner
-        self._unsubscribed[miner] = self._hub.loop.now()
+        self._unsubscribed.add(miner)
         try:
             miner.run()
         except Exception as exc:  # a bug must cost one miner, never the agent
@@ -228,11 +227,11 @@ class Agent:
 
     def subscribed(self, miner: MinerSession) -> None:
         """The miner subscribed: it is a miner, not an idle socket."""
-        self._unsubscribed.pop(miner, None)
+        self._unsubscribed.discard(miner)
 
     def forget(self, miner: MinerSession) -> None:
         """A miner left: free its session id (its UNREGISTER, if any, is already queued)."""
-        self._unsubscribed.pop(miner, None)
+        self._unsubscribed.discard(miner)
         if self.miners.get(miner.session_id) is miner:
             del self.miners[miner.session_id]
             self.session_ids.free(miner.session_id)
@@ -297,8 +296,8 @@ class Agent:
             gevent.sleep(SWEEP_SECONDS)
             if self.config.multi_user_mode:
                 self._close_idle_pool_sets()
-            cutoff = self._hub.loop.now() - SUBSCRIBE_TIMEOUT_SECONDS
-            idle = [miner for miner, since in self._unsubscribed.items() if since < cutoff]
+            cutoff = self.clock - SUBSCRIBE_TIMEOUT_SECONDS  # as precise as the sweep, give or take a second
+            idle = [miner for miner in self._unsubscribed if miner.connected_at < cutoff]
             if idle:
                 log.info("closing %d connections that did not subscribe within %.0f s", len(idle),
                          SUBSCRIBE_TIMEOUT_SECONDS)

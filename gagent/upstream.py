@@ -16,6 +16,7 @@ from gevent import socket
 
 from . import __version__, tcp
 from .config import Config, PoolEntry
+from .cooperative import yielding
 from .counters import Counters
 from .errors import log_unexpected
 from .protocol import stratum
@@ -520,10 +521,8 @@ class UpstreamSession:
 
         Miners that join meanwhile already got the job from attach(); miners that leave are skipped.
         """
-        for count, miner in enumerate(list(self.miners.values()), 1):
+        for miner in yielding(list(self.miners.values()), FAN_OUT_BATCH):
             miner.send(line)
-            if not count % FAN_OUT_BATCH:
-                gevent.sleep(0)
 
     def _on_frame(self, frame: Frame) -> None:
         if frame.cmd == CMD_MINING_SET_DIFF:

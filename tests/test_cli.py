@@ -95,11 +95,12 @@ def test_check_config_with_a_bad_config_exits_2_with_one_line(tmp_path):
 
 
 def test_secrets_are_masked():
-    from gagent.cli import effective_settings, mask_url
+    from gagent.cli import effective_settings
+    from gagent.connect import redact_url
     from gagent.config import config_from_dict
-    assert mask_url("socks5://bob:pw@h:1") == "socks5://bob:***@h:1"
-    assert mask_url("socks5h://bob@h:1") == "socks5h://bob@h:1"
-    assert mask_url("not a url") == "not a url"
+    assert redact_url("socks5://bob:pw@h:1") == "socks5://bob:***@h:1"
+    assert redact_url("socks5h://bob@h:1") == "socks5h://bob@h:1"
+    assert redact_url("not a url") == "not a url"
     config = config_from_dict({"pools": [["h", 1, "s"]]})
     config.proxy_password = "hunter2"  # a future secret key is masked by its name
     assert effective_settings(config)["proxy_password"] == "***"

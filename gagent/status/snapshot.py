@@ -12,7 +12,7 @@ import gevent
 import simplejson
 from simplejson.encoder import encode_basestring_ascii
 
-from .. import __version__
+from .. import __version__, cooperative
 from ..protocol.stratum import status_message
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -56,10 +56,7 @@ def yield_to_hub() -> None:
 
 def yielding(items: Iterable[Any]) -> Iterator[Any]:
     """Iterate, letting the hub poll every YIELD_EVERY items."""
-    for count, item in enumerate(items, 1):
-        yield item
-        if not count % YIELD_EVERY:
-            yield_to_hub()
+    return cooperative.yielding(items, YIELD_EVERY, YIELD_SECONDS)
 
 
 def ready_connections(agent: "Agent") -> Tuple[int, int]:
