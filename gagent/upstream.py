@@ -442,7 +442,9 @@ class UpstreamSession:
     def _on_reply(self, msg_id: Any, result: Any, error: Any) -> None:
         if self.uplink is not None and self.uplink.probe_answered(msg_id):
             return
-        if msg_id == "sub":
+        if msg_id in ("sub", "auth") and (self._authorized if msg_id == "auth" else self.extranonce1):
+            self._report("repeated-" + msg_id, "pool answered %r again; ignored" % msg_id)  # once is all we asked
+        elif msg_id == "sub":
             self._on_subscribe_reply(result, error)
         elif msg_id == "auth":
             if result is not True:

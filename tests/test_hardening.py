@@ -265,3 +265,24 @@ def test_random_json_in_every_pool_notification(shared_farm, method, params):
     assert pool.connections_total == 1  # nothing in a notification tears the connection down
     msg_id = good.request("mining.submit", share_params(good, good.job, 78))
     assert good.answer(msg_id, timeout=10)["result"] is True
+
+
+@pytest.mark.parametrize("reply", [
+    b'{"id":"auth","result":true,"error":null}\n',                       # a second authorize answer
+    b'{"id":"auth","result":null,"error":[29,"Invalid username",null]}\n',
+    b'{"id":"sub","result":[[],"0badc0de",8],"error":null}\n',           # a second subscribe answer
+    b'{"id":"caps_again","result":{"capabilities":["verrol","subres"]}}\n',
+    b'{"id":"ack1","result":{"capabilities":[]}}\n',                      # a probe answer we did not ask
+    b'{"id":[1],"result":[1e308],"error":{"x":1}}\n',
+    b'{"id":{"a":1},"result":null,"error":null}\n',
+])
+def test_replies_the_agent_did_not_ask_for_change_nothing(pool, agent, caplog, reply):
+    client = logged_in(agent, "steady")
+    extranonce1 = agent.upstreams[0].extranonce1
+    try:
+        pool.send_raw_all(reply)
+        assert_share_path_works(client, pool)
+        assert pool.connections_total == 1 and agent.upstreams[0].extranonce1 == extranonce1
+        assert_no_traceback(caplog)
+    finally:
+        client.close()
