@@ -57,7 +57,7 @@ ADVANCED_DEFAULTS: Dict[str, Any] = {
     "upstream_flush_delay_ms": 100.0,
     "miner_backlog_limit_bytes": 1 << 20,
     "upstream_grace_seconds": 30.0,
-    "share_answer_after": "pool",
+    "share_answer_after": "tcp",
     "pool_failback_seconds": 300.0,
 }
 # Keys of the original agents that have no meaning here; accepted silently.
@@ -238,8 +238,8 @@ def validate(raw: Dict[str, Any]) -> Config:
         values[key] = float(_expect_number(key, values[key], False, low, high))
     values["miner_backlog_limit_bytes"] = _expect_number(
         "miner_backlog_limit_bytes", values["miner_backlog_limit_bytes"], True, 4096, 1 << 30)
-    if values["share_answer_after"] not in ("pool", "tcp", "write"):
-        raise ConfigError('share_answer_after: expected "pool", "tcp" or "write", got %r' % (values["share_answer_after"],))
+    if values["share_answer_after"] not in ("tcp", "pool", "write"):
+        raise ConfigError('share_answer_after: expected "tcp", "pool" or "write", got %r' % (values["share_answer_after"],))
     values["log_max_bytes"] = _expect_number("log_max_bytes", values["log_max_bytes"], True, 4096, 1 << 40)
     values["log_backups"] = _expect_number("log_backups", values["log_backups"], True, 0, 1000)
     if values["http_listen"]:

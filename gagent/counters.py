@@ -17,6 +17,8 @@ class Counters:
         self.shares_accepted: Counter = Counter()      # sub-account -> shares answered true
         self.shares_rejected: Counter = Counter()      # (sub-account, error code) -> shares answered with an error
         self.shares_refused_upstream_lost = 0          # shares answered with an error because their connection broke
+        self.shares_true_unconfirmed_at_loss = 0       # shares answered true (acknowledged by the pool's TCP stack)
+                                                       # but not yet proven read when their connection broke
         self.miners_moved = 0                          # miners moved from one pool connection to another
         self.miners_held = 0                           # miners parked while no pool connection was ready
         self.miners_dropped_after_grace = 0            # held miners disconnected once the grace period ran out
@@ -44,6 +46,7 @@ class Counters:
             "shares_accepted": dict(self.shares_accepted),
             "shares_rejected": {"%s:%d" % key: n for key, n in self.shares_rejected.items()},
             "shares_refused_upstream_lost": self.shares_refused_upstream_lost,
+            "shares_true_unconfirmed_at_loss": self.shares_true_unconfirmed_at_loss,
             "miners_moved": self.miners_moved,
             "miners_held": self.miners_held,
             "miners_dropped_after_grace": self.miners_dropped_after_grace,

@@ -364,6 +364,11 @@ class UpstreamSession:
         unanswered: List[Tuple[Any, Any]] = []
         uplink, self.uplink = self.uplink, None
         if uplink is not None:
+            unconfirmed = uplink.unconfirmed_true
+            if unconfirmed:
+                self.counters.shares_true_unconfirmed_at_loss += unconfirmed
+                log.warning("%s: %d shares answered true since the pool last proved it was reading "
+                            "(its TCP stack acknowledged them) may not have reached it", self.name, unconfirmed)
             unanswered = uplink.close()
             self._sent_before = (self._sent_before[0] + uplink.bytes_sent, self._sent_before[1] + uplink.frames_sent)
         if self._sock is not None:

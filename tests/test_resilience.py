@@ -42,13 +42,16 @@ def test_pool_restarted_within_the_grace_period_disconnects_no_miner(pool):
         pool.reset_all()
         gevent.sleep(wait(2))  # down for 2 s: every miner held, none dropped
         assert all(ps.held_count == 6 for ps in agent.pool_sets.values())
+        def credited(n):
+            stats = pool.stats.get(("demo", "r%d" % n))
+            return stats.accepted if stats else 0
+        before_restart = {n: credited(n) for n in range(6)}
         pool.resume_listening()
         before = {m.username: m.accepted for m in miners}
         assert wait_until(lambda: all(m.accepted > before[m.username] for m in miners), timeout=40)
         assert not any(m.closed for m in miners), [m.error for m in miners]  # the SimMiner never reconnects
         assert agent.counters.miners_dropped_after_grace == 0
-        for n in range(6):
-            assert pool.stats[("demo", "r%d" % n)].accepted >= 2
+        assert wait_until(lambda: all(credited(n) > before_restart[n] for n in range(6)))  # mined after the restart
     finally:
         for miner in miners:
             miner.stop()
@@ -265,11 +268,9 @@ def test_a_share_for_a_job_of_a_lost_connection_gets_21_never_true(pool):
         agent.stop()
 
 
-def test_a_pool_that_stops_reading_then_closes_loses_no_share_behind_a_true():
-    """The pool's kernel keeps acknowledging while its process reads nothing: only the pool's own
-    answer to a probe proves a share was read, so every `true` must be a share the pool received."""
-    pool = PoolSimulator(default_difficulty=TINY_DIFFICULTY).start()
-    agent = start_agent([pool])
+def stall_then_close(agent, pool):
+    """Ten miners submit while the pool reads, then while it reads nothing; then it closes. Returns
+    (answers true, answers with an error, shares answered true the pool never received)."""
     clients = []
     try:
         assert agent.wait_ready(wait(5))
@@ -289,7 +290,7 @@ def test_a_pool_that_stops_reading_then_closes_loses_no_share_behind_a_true():
             gevent.sleep(0.05)
         gevent.sleep(0.3)
         pool.stop_reading()
-        for _ in range(30):  # shares while it does not: they must not be answered true
+        for _ in range(30):  # shares while it does not
             for n, client in enumerate(clients):
                 en2 += 1
                 sent[(n, client.request("mining.submit", ["demo.s%d" % n, job[0], "%08x" % en2, job[7], "00000001"]))] = (sids[n], en2)
@@ -305,20 +306,51 @@ def test_a_pool_that_stops_reading_then_closes_loses_no_share_behind_a_true():
                     answers[(n, msg["id"])] = msg
         received = {(sid, en2) for _, sid, en2, _ in pool.share_keys()}
         true_but_lost = [sent[k] for k, msg in answers.items() if msg["result"] is True and sent[k] not in received]
-        assert not true_but_lost
-        assert sum(1 for msg in answers.values() if msg["result"] is True) >= 30  # the first ones were confirmed
-        assert sum(1 for msg in answers.values() if msg["error"]) >= 250  # the unread ones got errors
+        return (sum(1 for msg in answers.values() if msg["result"] is True),
+                sum(1 for msg in answers.values() if msg["error"]), len(true_but_lost))
     finally:
         for client in clients:
             client.close()
+
+
+def test_in_pool_mode_a_pool_that_stops_reading_then_closes_loses_no_share_behind_a_true():
+    """The pool's kernel keeps acknowledging while its process reads nothing: only the pool's own
+    answer to a probe proves a share was read, so every `true` must be a share the pool received."""
+    pool = PoolSimulator(default_difficulty=TINY_DIFFICULTY).start()
+    agent = start_agent([pool], advanced={"share_answer_after": "pool"})
+    try:
+        true, errors, true_but_lost = stall_then_close(agent, pool)
+        assert true_but_lost == 0
+        assert true >= 30  # the first ones were confirmed
+        assert errors >= 250  # the unread ones got errors
+    finally:
         agent.stop()
         pool.stop()
 
 
-def test_a_pool_that_stops_reading_is_declared_broken_and_its_miners_move_on(monkeypatch, pool):
+def test_by_default_every_true_a_stalled_pool_may_not_have_read_is_counted_and_logged(caplog):
+    """The default answers on the pool's TCP acknowledgement: a hung pool's kernel acknowledges what
+    its process never reads, so such shares can be lost behind a `true`. Each of them is among the
+    shares the agent reports as answered since the pool last proved it was reading."""
+    pool = PoolSimulator(default_difficulty=TINY_DIFFICULTY).start()
+    agent = start_agent([pool])
+    try:
+        true, errors, true_but_lost = stall_then_close(agent, pool)
+        assert true + errors == 330
+        assert true_but_lost > 0  # this scenario does lose shares in this mode: the count must cover them
+        assert wait_until(lambda: agent.counters.shares_true_unconfirmed_at_loss >= true_but_lost)
+        assert "since the pool last proved it was reading" in caplog.text
+    finally:
+        agent.stop()
+        pool.stop()
+
+
+@pytest.mark.parametrize("mode", ["tcp", "pool"])
+def test_a_pool_that_stops_reading_is_declared_broken_and_its_miners_move_on(monkeypatch, pool, mode):
     import gagent.uplink
     monkeypatch.setattr(gagent.uplink, "PROBE_TIMEOUT", 0.5)
-    agent = start_agent([pool])
+    monkeypatch.setattr(gagent.uplink, "PROBE_OVERDUE", 0.2)
+    agent = start_agent([pool], advanced={"share_answer_after": mode})
     try:
         assert agent.wait_ready(wait(5))
         client = LineClient(agent.address)
@@ -328,7 +360,11 @@ def test_a_pool_that_stops_reading_is_declared_broken_and_its_miners_move_on(mon
         pool.stop_reading(stuck)  # this connection only: its replacement is read normally
         msg_id = client.request("mining.submit", ["demo.hung", job[0], "00000001", job[7], "00000001"])
         answer = client.answer(msg_id, timeout=5)
-        assert answer["result"] is None and answer["error"][0] == 30  # never confirmed: not true
+        if mode == "pool":
+            assert answer["result"] is None and answer["error"][0] == 30  # never confirmed: not true
+        else:  # acknowledged by the pool's kernel: true, and reported once the pool is found not reading
+            assert answer["result"] is True
+            assert wait_until(lambda: agent.counters.shares_true_unconfirmed_at_loss == 1)
         assert next_job(client)[-1]["params"][8] is True  # work from the new connection
         assert wait_until(lambda: any(c is not stuck and "hung" in [w for _, w in c.workers.values()]
                                       for c in pool.authorized))

@@ -140,6 +140,10 @@ class AgentCollector:
         yield CounterMetricFamily("gagent_shares_refused_upstream_lost",
                                   "Shares answered with an error because their pool connection was lost",
                                   value=counters.shares_refused_upstream_lost)
+        yield CounterMetricFamily("gagent_shares_true_unconfirmed_at_loss",
+                                  "Shares answered true on the pool's TCP acknowledgement that no probe answer had "
+                                  "proven read when their pool connection was lost (at most these can be lost)",
+                                  value=counters.shares_true_unconfirmed_at_loss)
 
         yield from self._upstreams()
         for name, doc, value in (
