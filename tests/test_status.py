@@ -142,6 +142,7 @@ def test_metrics_parse_and_carry_the_counters(serve):
     counters.shares_rejected[("demo", 21)] = 3
     counters.shares_rejected[("demo", 23)] = 2
     counters.shares_refused_upstream_lost = 4
+    counters.shares_true_unconfirmed_at_loss = 7
     counters.upstream_reconnects, counters.miners_moved = 5, 6
     for seconds in (0.001, 0.02, 0.02, 3.0):
         counters.observe_fanout(seconds)
@@ -156,6 +157,7 @@ def test_metrics_parse_and_carry_the_counters(serve):
     assert sample(scrape, "gagent_shares_rejected_total", sub_account="demo", reason="low_difficulty",
                   code="23") == 2
     assert sample(scrape, "gagent_shares_refused_upstream_lost_total") == 4
+    assert sample(scrape, "gagent_shares_true_unconfirmed_at_loss_total") == 7
     assert sample(scrape, "gagent_upstream_reconnects_total") == 5
     assert sample(scrape, "gagent_miners_moved_total") == 6
     for state, count in (("ready", 1), ("backoff", 1), ("connecting", 0), ("handshake", 0), ("stopped", 0)):
