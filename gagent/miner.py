@@ -86,7 +86,7 @@ class MinerSession:
         me = self._greenlet = getcurrent()
         watcher = self._read_watcher = hub.loop.io(self.sock.fileno(), 1)
         watcher.start(me.switch)
-        recv = self.sock.recv
+        del me
         pending = b""
         try:
             while not self.closed:  # a miner closed by its own handler must not park again
@@ -94,7 +94,7 @@ class MinerSession:
                 if self.closed:
                     return
                 try:
-                    data = recv(RECV_SIZE)
+                    data = self.sock.recv(RECV_SIZE)
                 except BlockingIOError:
                     continue
                 if not data:

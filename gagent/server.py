@@ -208,21 +208,25 @@ class Agent:
         StreamServer would run the handler through a `handle(*args)` wrapper; skipping it keeps one
         interpreter frame off the C stack every parked miner saves. `_handle_miner` closes the socket.
         """
-        self._hub.loop.run_callback(greenlet(self._handle_miner, parent=self._hub).switch, *args)
+        client_socket, address = args
+        # A greenlet holds its callable and arguments as long as it runs: a plain function (no bound
+        # method) and no (ip, port) tuple among them.
+        self._hub.loop.run_callback(greenlet(Agent._handle_miner, parent=self._hub).switch,
+                                    self, client_socket, address[0])
 
-    def _handle_miner(self, client_socket: Any, address: Any) -> None:
+    def _handle_miner(self, client_socket: Any, peer_ip: str) -> None:
         session_id = self.session_ids.allocate()
         if session_id is None:
-            log.error("all %d miner session ids are in use; refusing %s", len(self.miners), address[0])
+            log.error("all %d miner session ids are in use; refusing %s", len(self.miners), peer_ip)
             client_socket.close()
             return
-        miner = MinerSession(self, client_socket, address[0], session_id)
+        miner = MinerSession(self, client_socket, peer_ip, session_id)
         self.miners[session_id] = miner
         self._unsubscribed.add(miner)
         try:
             miner.run()
         except Exception as exc:  # a bug must cost one miner, never the agent
-            log_unexpected(log, "miner %s" % address[0], exc)
+            log_unexpected(log, "miner %s" % peer_ip, exc)
             miner.close()
 
     def subscribed(self, miner: MinerSession) -> None:
