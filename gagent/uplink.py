@@ -56,6 +56,7 @@ class Uplink:
         self._queued = 0                  # bytes ever queued
         self._written = 0                 # bytes ever written (on the queued scale)
         self._flush_at: Optional[float] = None  # when the batch in _out leaves
+        self._flush_soon = False          # the next batch leaves with its first frame
         self._awaiting: Deque[Waiting] = deque()
         self._batches: Deque[Tuple[int, int]] = deque()  # "tcp": (written end, stream end)
         self._probe_interval = PROBE_INTERVAL.get(answer_after)
@@ -142,7 +143,7 @@ class Uplink:
                     self._answer_acknowledged(now)
                 out = self._out
                 if out and self._flush_at is None:
-                    self._flush_at = now + self.flush_delay
+                    self._flush_at = now if self._flush_soon else now + self.flush_delay
                 if out and (now >= self._flush_at or len(out) >= FULL_SEGMENT):
                     self._write(now)
                 elif not out and self._probe_alone_due(now):
@@ -164,6 +165,7 @@ class Uplink:
     def _write(self, now: float) -> None:
         data, self._out = self._out, bytearray()
         self._flush_at = None
+        self._flush_soon = False
         queued = self._queued  # frames queued while sendall yields are not in this write
         carries_shares = bool(self._awaiting) and self._awaiting[-1][0] > self._written
         self._written = queued
@@ -229,11 +231,16 @@ class Uplink:
             if self._awaiting:
                 self._wake.set()  # shares written after the probe: the writer sends the next one when due
         else:
+            if self._batches:
+                self._answer_acknowledged(self._clock())  # answers held while the probe was overdue
             unconfirmed = self._unconfirmed
             while unconfirmed and unconfirmed[0][0] <= covers:
                 unconfirmed.popleft()
-            if self._batches:
-                self._answer_acknowledged(self._clock())  # answers held while the probe was overdue
+            # Having answered, the pool's TCP stack delays its next ACK (interactive mode, up to
+            # 40 ms): let a batch of a share or two take that delay instead of a full window's.
+            self._flush_at = self._clock() if self._out else None
+            self._flush_soon = True
+            self._full.set()
         return True
 
     # ---- "tcp": kernel acknowledgements --------------------------------------------------------

@@ -371,3 +371,4 @@ def test_a_pool_that_stops_reading_is_declared_broken_and_its_miners_move_on(mon
         client.close()
     finally:
         agent.stop()
+

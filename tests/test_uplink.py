@@ -1,0 +1,106 @@
+"""The uplink writer over a real socket pair, with the kernel's acknowledgement count under test control."""
+import gevent
+import pytest
+from gevent import socket
+
+import gagent.uplink
+from gagent.uplink import Uplink
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class Answers:
+    """Stands in for a miner: records the shares the uplink answers."""
+
+    def __init__(self):
+        self.got = []
+
+    def share_answered(self, msg_id, code):
+        self.got.append((msg_id, code))
+
+
+@pytest.fixture
+def acked(monkeypatch):
+    """A dict whose "bytes" the uplink reads as the pool's acknowledged byte count; every write ends
+    at "written" on that scale (setting "bytes" to it acknowledges everything written so far)."""
+    state = {"bytes": 0, "written": 1000}
+    monkeypatch.setattr(gagent.uplink.tcp, "bytes_acked", lambda sock: state["bytes"])
+    monkeypatch.setattr(gagent.uplink.tcp, "stream_end", lambda sock: state["written"])
+    return state
+
+
+def read_available(sock, seconds):
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(65536)
+    except socket.timeout:
+        return b""
+
+
+def test_a_share_is_answered_once_acknowledged_not_when_the_next_batch_leaves(acked):
+    """Share A left and waits for its ACK while share B waits in its flush window: A's answer must
+    come with the ACK, not with B's write (it did: answers then waited twice the window)."""
+    agent_side, pool_side = socket.socketpair()
+    uplink = Uplink("test", agent_side, 0.4, "tcp", lambda why: None)
+    miner = Answers()
+    uplink.start()
+    try:
+        uplink.queue_share(b"A" * 15, miner, 1)
+        first = read_available(pool_side, 2)
+        assert first.startswith(b"A" * 15)  # the first write also carries a probe
+        uplink.queue_share(b"B" * 15, miner, 2)  # B's window starts
+        gevent.sleep(0.02)
+        acked["bytes"] = acked["written"]  # the pool's ACK for A arrives while B waits
+        gevent.sleep(0.1)
+        assert miner.got == [(1, 0)]
+        assert read_available(pool_side, 0.01) == b""  # B still in its window
+        assert read_available(pool_side, 1).startswith(b"B" * 15)
+    finally:
+        uplink.close()
+        agent_side.close()
+        pool_side.close()
+
+
+def test_after_the_pool_answers_a_probe_the_next_batch_leaves_with_its_first_frame(acked):
+    """The pool's kernel delays its next ACK after it answered: a young batch takes that delay."""
+    agent_side, pool_side = socket.socketpair()
+    uplink = Uplink("test", agent_side, 5.0, "tcp", lambda why: None)
+    miner = Answers()
+    uplink.start()
+    try:
+        uplink.flush_delay = 0.0
+        uplink.queue_share(b"A" * 15, miner, 1)
+        first = read_available(pool_side, 2)
+        assert b"agent.get_capabilities" in first
+        uplink.flush_delay = 5.0
+        assert uplink.probe_answered(1)
+        uplink.queue_share(b"B" * 15, miner, 2)
+        assert read_available(pool_side, 1) == b"B" * 15  # not after the 5 s window
+        uplink.queue_share(b"C" * 15, miner, 3)
+        assert read_available(pool_side, 0.3) == b""  # the window applies again
+    finally:
+        uplink.close()
+        agent_side.close()
+        pool_side.close()
+
+
+def test_in_tcp_mode_answers_wait_while_a_probe_is_overdue(acked, monkeypatch):
+    monkeypatch.setattr(gagent.uplink, "PROBE_OVERDUE", 0.1)
+    agent_side, pool_side = socket.socketpair()
+    uplink = Uplink("test", agent_side, 0.0, "tcp", lambda why: None)
+    miner = Answers()
+    uplink.start()
+    try:
+        uplink.queue_share(b"A" * 15, miner, 1)
+        assert read_available(pool_side, 2)
+        gevent.sleep(0.2)  # the probe is overdue when the ACK arrives
+        acked["bytes"] = acked["written"]
+        gevent.sleep(0.1)
+        assert miner.got == []  # acknowledged by the kernel, but the pool may not be reading
+        assert uplink.probe_answered(1)
+        assert miner.got == [(1, 0)]
+        assert uplink.unconfirmed_true == 0  # the probe answer proved it read
+    finally:
+        uplink.close()
+        agent_side.close()
+        pool_side.close()
