@@ -35,7 +35,6 @@ ACK_POLL_SECONDS = 0.005      # how often answers waiting for a TCP acknowledgem
 PROBE_TIMEOUT = 10.0          # a pool that has not answered a probe for this long is not reading
 PROBE_INTERVAL = {"pool": 0.1, "tcp": 1.0}  # at most one probe per connection this often
 PROBE_OVERDUE = 0.5           # "tcp": answers wait while a probe is unanswered for longer than this
-ANSWER_MODES = ("tcp", "pool", "write")
 
 Waiting = Tuple[int, Any, Any]  # (queued end offset, miner, JSON-RPC id)
 
@@ -184,7 +183,7 @@ class Uplink:
             deadlines.append(ACK_POLL_SECONDS)
         if self._probe_id is not None:
             deadlines.append(self._probe_sent_at + PROBE_TIMEOUT - now)
-        elif self.answer_after == "pool" and self._awaiting:  # the next probe is due then
+        elif self.answer_after == "pool" and self._awaiting and not self._out:  # a probe alone is due then
             deadlines.append(self._probe_sent_at + PROBE_INTERVAL["pool"] - now)
         return max(0.0, min(deadlines)) if deadlines else None
 

@@ -104,3 +104,31 @@ def test_in_tcp_mode_answers_wait_while_a_probe_is_overdue(acked, monkeypatch):
         uplink.close()
         agent_side.close()
         pool_side.close()
+
+
+def test_in_pool_mode_a_due_probe_waits_for_the_batch_without_spinning(acked, monkeypatch):
+    """A batch started before the next probe is due: once due, the probe leaves with the batch and
+    the writer sleeps until then (it used to loop without waiting: 0.48 core at a 150 ms window)."""
+    agent_side, pool_side = socket.socketpair()
+    uplink = Uplink("test", agent_side, 0.3, "pool", lambda why: None)
+    miner = Answers()
+    passes = []
+    real = uplink._wait_timeout
+    monkeypatch.setattr(uplink, "_wait_timeout", lambda now: passes.append(now) or real(now))
+    uplink.start()
+    try:
+        uplink.queue_share(b"A" * 15, miner, 1)
+        assert read_available(pool_side, 2).startswith(b"A" * 15)  # with probe 1
+        assert uplink.probe_answered(1)
+        assert miner.got == [(1, 0)]
+        uplink.queue_share(b"B" * 15, miner, 2)  # B's window starts before the next probe is due
+        uplink.queue_share(b"C" * 15, miner, 3)
+        del passes[:]
+        gevent.sleep(0.2)  # the probe falls due at 0.1 s, the batch leaves at 0.3 s
+        assert len(passes) < 10
+        second = read_available(pool_side, 1)
+        assert second.startswith(b"B" * 15 + b"C" * 15) and b"agent.get_capabilities" in second
+    finally:
+        uplink.close()
+        agent_side.close()
+        pool_side.close()
