@@ -240,6 +240,7 @@ class Uplink:
             self._flush_at = self._clock() if self._out else None
             self._flush_soon = True
             self._full.set()
+            self._wake.set()  # an idle writer resumes checking acknowledgements it stopped trusting
         return True
 
     # ---- "tcp": kernel acknowledgements --------------------------------------------------------

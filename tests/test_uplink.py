@@ -132,3 +132,27 @@ def test_in_pool_mode_a_due_probe_waits_for_the_batch_without_spinning(acked, mo
         uplink.close()
         agent_side.close()
         pool_side.close()
+
+
+def test_an_idle_writer_answers_acknowledged_shares_once_an_overdue_probe_is_answered(acked, monkeypatch):
+    """Nothing else queued: the probe answer must wake the writer to look at the ACKs again."""
+    monkeypatch.setattr(gagent.uplink, "PROBE_OVERDUE", 0.1)
+    agent_side, pool_side = socket.socketpair()
+    uplink = Uplink("test", agent_side, 0.0, "tcp", lambda why: None)
+    miner = Answers()
+    uplink.start()
+    try:
+        uplink.queue_share(b"A" * 15, miner, 1)
+        assert read_available(pool_side, 2)
+        gevent.sleep(0.2)  # overdue: the writer stops polling
+        uplink.queue_share(b"B" * 15, miner, 2)
+        assert read_available(pool_side, 2) == b"B" * 15
+        gevent.sleep(0.05)
+        assert uplink.probe_answered(1)
+        acked["bytes"] = acked["written"]  # B's ACK arrives just after
+        gevent.sleep(0.1)
+        assert miner.got == [(1, 0), (2, 0)]
+    finally:
+        uplink.close()
+        agent_side.close()
+        pool_side.close()
