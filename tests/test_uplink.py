@@ -156,3 +156,25 @@ def test_an_idle_writer_answers_acknowledged_shares_once_an_overdue_probe_is_ans
         uplink.close()
         agent_side.close()
         pool_side.close()
+
+
+@pytest.mark.parametrize("reply_id", [True, 1.0, "1", [1], None, 2 ** 70, -1])
+def test_only_the_probe_id_itself_counts_as_a_probe_answer(acked, reply_id):
+    """A pool reply whose id merely compares equal (true, 1.0) or is malformed proves nothing; a
+    repeated answer to the same probe proves nothing more."""
+    agent_side, pool_side = socket.socketpair()
+    uplink = Uplink("test", agent_side, 0.0, "pool", lambda why: None)
+    miner = Answers()
+    uplink.start()
+    try:
+        uplink.queue_share(b"A" * 15, miner, 1)
+        assert b"agent.get_capabilities" in read_available(pool_side, 2)
+        assert uplink.probe_answered(reply_id) is False
+        assert miner.got == []
+        assert uplink.probe_answered(1) is True
+        assert miner.got == [(1, 0)]
+        assert uplink.probe_answered(1) is False  # sent twice
+    finally:
+        uplink.close()
+        agent_side.close()
+        pool_side.close()
