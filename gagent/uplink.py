@@ -56,6 +56,7 @@ class Uplink:
         self._written = 0                 # bytes ever written (on the queued scale)
         self._flush_at: Optional[float] = None  # when the batch in _out leaves
         self._flush_soon = False          # the next batch leaves with its first frame
+        self._draining = False            # graceful stop: probe until everything is proven read
         self._awaiting: Deque[Waiting] = deque()
         self._batches: Deque[Tuple[int, int]] = deque()  # "tcp": (written end, stream end)
         self._probe_interval = PROBE_INTERVAL.get(answer_after)
@@ -89,9 +90,9 @@ class Uplink:
         self._awaiting.append((self._queued, miner, msg_id))
 
     @property
-    def idle(self) -> bool:
-        """Nothing queued and no share waiting for its answer."""
-        return not self._out and not self._awaiting
+    def settled(self) -> bool:
+        """Nothing queued, no share waiting for its answer, none answered but not yet proven read."""
+        return not self._out and not self._awaiting and not self._unconfirmed
 
     @property
     def unconfirmed_true(self) -> int:
@@ -114,9 +115,11 @@ class Uplink:
         return [(miner, msg_id) for _, miner, msg_id in awaiting]
 
     def flush_now(self) -> None:
-        """Send what is queued without waiting for the flush window (graceful stop)."""
+        """Graceful stop: send what is queued without waiting for the flush window, and probe until
+        every share answered `true` is proven read (see `settled`)."""
         self.flush_delay = 0.0
         self._flush_at = None
+        self._draining = True
         self._wake.set()
         self._full.set()
 
@@ -202,15 +205,20 @@ class Uplink:
 
     def _probe_wanted(self, now: float, carries_shares: bool) -> bool:
         """A probe goes with this write: "pool" whenever shares wait for one, "tcp" about once a
-        second along with shares (never on its own, so it costs no segment)."""
+        second along with shares (never on its own, so it costs no segment), or to settle a stop."""
         if self._probe_interval is None or self._probe_id is not None:
             return False
+        if self._draining and self._unconfirmed:
+            return True
         if now - self._probe_sent_at < self._probe_interval:
             return False
         return carries_shares or (self.answer_after == "pool" and bool(self._awaiting))
 
     def _probe_alone_due(self, now: float) -> bool:
-        """"pool": shares written after the last probe wait for one, and no batch is pending."""
+        """No batch is pending, and shares wait for a probe: written after the last one ("pool"),
+        or answered on acknowledgements while the agent stops ("tcp")."""
+        if self._draining and self._unconfirmed and self._probe_id is None:
+            return True
         return self.answer_after == "pool" and self._probe_wanted(now, False)
 
     def _probe_line(self, covers: int, now: float) -> bytes:

@@ -214,13 +214,13 @@ class UpstreamSession:
         self._set_state("stopped")
 
     def drain(self, deadline: float) -> None:
-        """Graceful stop: write out what is queued and wait for the pool's acknowledgement until
-        `deadline` (loop time), then close for good."""
+        """Graceful stop: write out what is queued and wait until the pool confirmed it (every share
+        answered and proven read) or `deadline` (loop time), then close for good."""
         self._stopping = True
         loop = gevent.get_hub().loop
         if self.uplink is not None:
             self.uplink.flush_now()
-        while self.ready and self.uplink is not None and not self.uplink.idle and loop.now() < deadline:
+        while self.ready and self.uplink is not None and not self.uplink.settled and loop.now() < deadline:
             gevent.sleep(DRAIN_POLL_SECONDS)
         self.stop()
 

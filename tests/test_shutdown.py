@@ -50,6 +50,34 @@ def test_sigterm_writes_out_queued_shares_unregisters_and_exits_0_within_5_s(poo
         process.wait(wait(10))
 
 
+def test_sigterm_after_answers_on_acknowledgements_waits_until_the_pool_proved_it_read_them(pool, tmp_path):
+    """Shares answered `true` on the pool's TCP acknowledgement, with no probe since: a graceful stop
+    asks the pool once more instead of closing with shares it cannot vouch for (and saying so)."""
+    port, conf = write_agent_conf(tmp_path, pool, connections=1, advanced={
+        "pool_connection_number_per_subaccount": 1, "upstream_flush_delay_ms": 50})
+    process = subprocess.Popen([sys.executable, "-m", "gagent", "-c", str(conf)], stderr=subprocess.PIPE)
+    client = None
+    try:
+        assert wait_until(lambda: len(pool.authorized) == 1, timeout=15)
+        client = LineClient(("127.0.0.1", port))
+        _, seen = client.login("demo.settle")
+        job = seen[-1]["params"]
+        for en2 in (1, 2):  # the first write of shares carries a probe; the second, right after, does not
+            msg_id = client.request("mining.submit", ["demo.settle", job[0], "%08x" % en2, job[7], "00000001"])
+            assert client.answer(msg_id)["result"] is True
+        process.send_signal(signal.SIGTERM)
+        assert wait_until(lambda: process.poll() is not None, timeout=6), "agent did not stop on SIGTERM"
+        assert process.returncode == 0
+        assert "may not have reached it" not in process.stderr.read().decode()
+        assert len(pool.share_keys()) == 2
+    finally:
+        if client is not None:
+            client.close()
+        if process.poll() is None:
+            process.kill()
+        process.wait(wait(10))
+
+
 def test_a_connection_that_never_subscribes_is_closed(monkeypatch, agent_factory):
     import gagent.server
     monkeypatch.setattr(gagent.server, "SUBSCRIBE_TIMEOUT_SECONDS", 0.5)
