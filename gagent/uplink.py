@@ -217,9 +217,7 @@ class Uplink:
     def _probe_alone_due(self, now: float) -> bool:
         """No batch is pending, and shares wait for a probe: written after the last one ("pool"),
         or answered on acknowledgements while the agent stops ("tcp")."""
-        if self._draining and self._unconfirmed and self._probe_id is None:
-            return True
-        return self.answer_after == "pool" and self._probe_wanted(now, False)
+        return (self._draining or self.answer_after == "pool") and self._probe_wanted(now, False)
 
     def _probe_line(self, covers: int, now: float) -> bytes:
         self._probe_count += 1
