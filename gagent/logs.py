@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Optional, Tuple
 import gevent
 
 from .config import Config
-from .status.snapshot import format_hashrate, held_miners, ready_connections, yielding
+from .status.snapshot import MinerTotals, format_hashrate, held_miners, ready_connections, yielding
 
 if TYPE_CHECKING:  # pragma: no cover
     from .server import Agent
@@ -130,16 +130,12 @@ class SummaryLogger:
         then, accepted_then, rejected_then = self._last
         self._last = now, accepted, rejected = self._share_counts()
         elapsed = max(now - then, 1e-9)
-        connected = authorized = 0
-        hashrate = 0.0
+        totals = MinerTotals()
         for miner in yielding(list(agent.miners.values())):
-            connected += 1
-            if miner.worker_name:
-                authorized += 1
-                hashrate += miner.hashrate()
+            totals.add(miner)
         ready, total = ready_connections(agent)
         return ("summary: %d miners online (%d connected, %d held), pool connections ready %d/%d, "
                 "shares/s accepted %.2f rejected %.2f, hashrate %s"
-                % (authorized, connected, held_miners(agent), ready, total,
+                % (totals.total_authorized, totals.connected, held_miners(agent), ready, total,
                    (accepted - accepted_then) / elapsed, (rejected - rejected_then) / elapsed,
-                   format_hashrate(hashrate)))
+                   format_hashrate(totals.total_hashrate)))

@@ -119,15 +119,6 @@ class Agent:
         """Every pool connection of every pool set."""
         return [conn for pool_set in self.pool_sets.values() for conn in pool_set.connections]
 
-    def healthy(self) -> bool:
-        """Listening, and at least one pool connection can take miners (in multi-user mode with no
-        miner yet there is nothing to connect: listening is enough)."""
-        if not self.listening:
-            return False
-        if self.config.multi_user_mode and not self.pool_sets:
-            return True
-        return any(pool_set.ready for pool_set in self.pool_sets.values())
-
     def version_mask_for(self, miner: MinerSession) -> Optional[int]:
         """The version-rolling mask of the pool connection this miner uses or will use, if known."""
         upstream = miner.upstream

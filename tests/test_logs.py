@@ -78,7 +78,7 @@ def test_sighup_reopens_the_log_file_after_logrotate_moved_it(tmp_path, restore_
 
 def test_summary_line_counts_miners_connections_rates_and_hashrate(caplog):
     def miner(n, worker, rate):
-        return SimpleNamespace(session_id=n, worker_name=worker, hashrate=lambda: rate)
+        return SimpleNamespace(session_id=n, worker_name=worker, sub_account="demo", hashrate=lambda: rate)
 
     counters = Counters()
     ready = SimpleNamespace(ready=True)

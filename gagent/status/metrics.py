@@ -18,7 +18,7 @@ from prometheus_client.utils import floatToGoString
 
 from .. import __version__
 from ..counters import FANOUT_BUCKETS
-from .snapshot import STATES, YIELD_EVERY, is_healthy, reason_name, yield_to_hub
+from .snapshot import STATES, MinerTotals, is_healthy, reason_name, yield_to_hub, yielding
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..server import Agent
@@ -170,38 +170,25 @@ class AgentCollector:
     def _miners(self, sub_accounts: List[str]) -> Iterator[Metric]:
         agent = self.agent
         per_worker = agent.config.http_per_worker_metrics
-        miners = list(agent.miners.values())
-        connected = len(miners)
-        authorized: Dict[str, int] = {}
-        hashrate: Dict[str, float] = {}
+        totals = MinerTotals()
         # (sub_account, worker) -> [connections, accepted, rejected, hashrate, last share, difficulty]
         workers: Dict[Tuple[str, str], List[float]] = {}
-        for start in range(0, len(miners), YIELD_EVERY):  # one pass, yielding to the hub in between
-            for miner in miners[start:start + YIELD_EVERY]:
-                worker = miner.worker_name
-                if not worker:
-                    continue
-                sub_account = miner.sub_account
-                rate = miner.hashrate()
-                if sub_account in authorized:
-                    authorized[sub_account] += 1
-                    hashrate[sub_account] += rate
-                else:
-                    authorized[sub_account] = 1
-                    hashrate[sub_account] = 0.0 + rate
-                if per_worker:
-                    row = workers.get((sub_account, worker))
-                    if row is None:
-                        row = workers[(sub_account, worker)] = [0, 0, 0, 0.0, 0.0, 0.0]
-                    row[0] += 1
-                    row[1] += miner.accepted
-                    row[2] += miner.rejected
-                    row[3] += rate
-                    row[4] = max(row[4], miner.last_share_at)
-                    row[5] = miner.difficulty or row[5]
-            yield_to_hub()
+        for miner in yielding(list(agent.miners.values())):  # one pass, letting the hub poll in between
+            rate = totals.add(miner)
+            worker = miner.worker_name
+            if per_worker and worker:
+                row = workers.get((miner.sub_account, worker))
+                if row is None:
+                    row = workers[(miner.sub_account, worker)] = [0, 0, 0, 0.0, 0.0, 0.0]
+                row[0] += 1
+                row[1] += miner.accepted
+                row[2] += miner.rejected
+                row[3] += rate
+                row[4] = max(row[4], miner.last_share_at)
+                row[5] = miner.difficulty or row[5]
+        authorized, hashrate = totals.authorized, totals.hashrate
         yield GaugeMetricFamily("gagent_miners_connected", "Miner connections open (authorized or not)",
-                                value=connected)
+                                value=totals.connected)
         family = GaugeMetricFamily("gagent_miners_authorized", "Authorized miners", labels=["sub_account"])
         for sub_account in _with_configured(authorized, sub_accounts):
             family.add_metric([sub_account], authorized.get(sub_account, 0))

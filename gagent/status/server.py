@@ -22,7 +22,7 @@ from gevent.pool import Pool
 from gevent.server import StreamServer
 
 from ..config import listen_address
-from .snapshot import is_healthy, status_json_chunks
+from .snapshot import health_problem, status_json_chunks
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..server import Agent
@@ -146,11 +146,10 @@ class StatusServer:
             from .metrics import CONTENT_TYPE_LATEST  # loaded by the build
             return "200 OK", CONTENT_TYPE_LATEST, body, []
         if path == "/healthz":
-            if is_healthy(self.agent):
+            problem = health_problem(self.agent)
+            if problem is None:
                 return "200 OK", TEXT, b"ok\n", []
-            if not self.agent.listening:
-                return "503 Service Unavailable", TEXT, b"miner port not listening\n", []
-            return "503 Service Unavailable", TEXT, b"no pool connection ready\n", []
+            return "503 Service Unavailable", TEXT, problem.encode() + b"\n", []
         return "404 Not Found", TEXT, b"not found\n", []
 
     def _serve(self, sock: socket.socket, _peer: Any) -> None:

@@ -6,7 +6,7 @@ a few milliseconds at a time, never by the whole walk.
 """
 import re
 import time
-from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import gevent
 import simplejson
@@ -59,6 +59,40 @@ def yielding(items: Iterable[Any]) -> Iterator[Any]:
     return cooperative.yielding(items, YIELD_EVERY, YIELD_SECONDS)
 
 
+class MinerTotals:
+    """Sums over one walk of the miners: the single place a miner's hashrate is added up, for the
+    summary line, /status.json and /metrics alike. Only authorized miners count as online."""
+
+    __slots__ = ("connected", "authorized", "hashrate")
+
+    def __init__(self) -> None:
+        self.connected = 0
+        self.authorized: Dict[str, int] = {}    # sub-account -> authorized miners
+        self.hashrate: Dict[str, float] = {}    # sub-account -> their hashrate
+
+    def add(self, miner: Any) -> float:
+        """Count one miner; returns its hashrate (H/s)."""
+        self.connected += 1
+        rate = miner.hashrate()
+        if miner.worker_name:
+            sub_account = miner.sub_account
+            if sub_account in self.authorized:
+                self.authorized[sub_account] += 1
+                self.hashrate[sub_account] += rate
+            else:
+                self.authorized[sub_account] = 1
+                self.hashrate[sub_account] = 0.0 + rate
+        return rate
+
+    @property
+    def total_authorized(self) -> int:
+        return sum(self.authorized.values())
+
+    @property
+    def total_hashrate(self) -> float:
+        return sum(self.hashrate.values(), 0.0)
+
+
 def ready_connections(agent: "Agent") -> Tuple[int, int]:
     """(ready, total) pool connections over every pool set."""
     ready = total = 0
@@ -69,9 +103,19 @@ def ready_connections(agent: "Agent") -> Tuple[int, int]:
     return ready, total
 
 
+def health_problem(agent: "Agent") -> Optional[str]:
+    """Why miners cannot be served now, or None when they can: the one health rule behind /healthz,
+    the "healthy" field of /status.json and the gagent_healthy metric."""
+    if not agent.listening:
+        return "miner port not listening"
+    if ready_connections(agent)[0] == 0:
+        return "no pool connection ready"
+    return None
+
+
 def is_healthy(agent: "Agent") -> bool:
     """Miners can be served: the miner port is listening and some pool connection is ready."""
-    return bool(agent.listening) and ready_connections(agent)[0] > 0
+    return health_problem(agent) is None
 
 
 def held_miners(agent: "Agent") -> int:
@@ -132,8 +176,9 @@ class _Texts(dict):
         return text
 
 
-def miner_rows(miners: List[Any], now: float, totals: List[float]) -> List[str]:
-    """miner_row() of each miner as JSON text; adds to totals [hashrate, authorized, stale].
+def miner_rows(miners: List[Any], now: float, totals: MinerTotals) -> Tuple[List[str], int]:
+    """miner_row() of each miner as JSON text, and how many authorized ones are stale; each miner is
+    added to `totals`.
 
     Same text as encoding the dicts, in half the time and with no dict per miner: the
     shared values come from _Texts, the rest is one % format. A miner with a value of a type the
@@ -142,7 +187,8 @@ def miner_rows(miners: List[Any], now: float, totals: List[float]) -> List[str]:
     floats, others, strings = _Texts(), _Texts(), _Texts()
     esc = _escape
     float_repr = float.__repr__
-    hashrate, authorized, stale = totals
+    stale = 0
+    count = totals.add
     rows: List[str] = []
     add = rows.append
     for miner in miners:
@@ -150,11 +196,9 @@ def miner_rows(miners: List[Any], now: float, totals: List[float]) -> List[str]:
         connected = miner.connected_at
         last_share = miner.last_share_at
         difficulty = miner.difficulty
-        rate = miner.hashrate()
+        rate = count(miner)
         is_stale = now - (last_share or connected) > STALE_SECONDS
-        hashrate += rate
         if worker:
-            authorized += 1
             stale += is_stale
         try:
             add(ROW % (
@@ -169,8 +213,7 @@ def miner_rows(miners: List[Any], now: float, totals: List[float]) -> List[str]:
                 "true" if miner.held else "false", "true" if is_stale else "false"))
         except TypeError:
             add(_encode(miner_row(miner, now)))
-    totals[:] = hashrate, authorized, stale
-    return rows
+    return rows, stale
 
 
 def status_json_chunks(agent: "Agent") -> List[bytes]:
@@ -180,22 +223,23 @@ def status_json_chunks(agent: "Agent") -> List[bytes]:
     now = time.time()
     miners = list(agent.miners.values())
     chunks: List[bytes] = []
-    totals = [0.0, 0, 0]  # hashrate, authorized, stale
+    totals = MinerTotals()
+    stale = 0
     for start in range(0, len(miners), YIELD_EVERY):
-        rows = miner_rows(miners[start:start + YIELD_EVERY], now, totals)
+        rows, stale_here = miner_rows(miners[start:start + YIELD_EVERY], now, totals)
+        stale += stale_here
         if start:
             rows.insert(0, "")  # the comma after the previous chunk's last row
         chunks.append(",".join(rows).encode())
         yield_to_hub()
-    hashrate, authorized, stale = totals
     ready, total = ready_connections(agent)
     counters = agent.counters
     head = {
         "version": __version__, "now": now, "started_at": agent.started_at, "listening": bool(agent.listening),
-        "healthy": bool(agent.listening) and ready > 0,
+        "healthy": is_healthy(agent),
         "totals": {
-            "miners": len(miners), "authorized": authorized, "held": held_miners(agent), "stale": stale,
-            "hashrate": hashrate, "connections_ready": ready, "connections": total,
+            "miners": len(miners), "authorized": totals.total_authorized, "held": held_miners(agent),
+            "stale": stale, "hashrate": totals.total_hashrate, "connections_ready": ready, "connections": total,
             "accepted": sum(counters.shares_accepted.values()),
             "rejected": sum(counters.shares_rejected.values()),
             "refused_upstream_lost": counters.shares_refused_upstream_lost,
