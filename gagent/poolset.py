@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import gevent
 
-from .backoff import Backoff
 from .config import Config, PoolEntry
 from .cooperative import yielding
 from .counters import Counters
@@ -28,8 +27,6 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("gagent.poolset")
 
 GRACE_CHECK_SECONDS = 1.0
-BACKOFF_BASE_SECONDS = 0.5
-BACKOFF_CAP_SECONDS = 30.0
 DRAIN_SECONDS = 3.0
 _NO_ANSWER = object()
 
@@ -96,13 +93,13 @@ class PoolSet:
         self._refused_by: set = set()  # indexes of the pools that refused it
         self.pools = pools
         self.counters = counters
-        self._open_socket = open_socket
+        self.open_socket = open_socket  # pool entry -> connected socket (direct, TLS or proxied, as configured)
         self.connections: List[UpstreamSession] = [
             UpstreamSession(config, pools, slot, self, counters)
             for slot in range(config.pool_connection_number_per_subaccount)]
         self.holding = HeldMiners(self)
         self.last_job: Optional[AgentJob] = None
-        self._probes: Dict[int, UpstreamSession] = {}
+        self._failback_attempts: Dict[int, UpstreamSession] = {}  # slot -> its attempt on the first pool
         self._releaser: Optional[gevent.Greenlet] = None
         self._grace_keeper: Optional[gevent.Greenlet] = None
         self._failback: Optional[gevent.Greenlet] = None
@@ -125,13 +122,6 @@ class PoolSet:
     def miner_count(self) -> int:
         return sum(conn.miner_count for conn in self.connections) + self.holding.miner_count
 
-    def open_socket(self, pool: PoolEntry) -> Any:
-        """A connected socket to `pool` (direct, TLS or through a proxy, as configured)."""
-        return self._open_socket(pool)
-
-    def new_backoff(self) -> Backoff:
-        return Backoff(BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS)
-
     # ---- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -146,9 +136,9 @@ class PoolSet:
         for greenlet in (self._releaser, self._grace_keeper, self._failback):
             if greenlet is not None:
                 greenlet.kill(block=False)
-        for probe in list(self._probes.values()):
-            probe.stop()
-        self._probes.clear()
+        for attempt in list(self._failback_attempts.values()):
+            attempt.stop()
+        self._failback_attempts.clear()
         if deadline is None:
             for conn in self.connections:
                 conn.stop()
@@ -217,7 +207,7 @@ class PoolSet:
     def connection_ready(self, conn: UpstreamSession) -> None:
         self.accepted = True
         self.refused = ""
-        if conn.probe:
+        if conn.failback_attempt:
             self._promote(conn)
         if self.on_ready is not None:
             self.on_ready(conn)
@@ -246,9 +236,9 @@ class PoolSet:
         """Remember the newest real job: fake jobs are built from it."""
         self.last_job = job
 
-    def probe_failed(self, probe: UpstreamSession) -> None:
-        if self._probes.get(probe.slot) is probe:
-            del self._probes[probe.slot]
+    def failback_attempt_failed(self, attempt: UpstreamSession) -> None:
+        if self._failback_attempts.get(attempt.slot) is attempt:
+            del self._failback_attempts[attempt.slot]
 
     # ---- moving held miners --------------------------------------------------------------------
 
@@ -336,25 +326,26 @@ class PoolSet:
         while not self._stopped:
             gevent.sleep(self.config.pool_failback_seconds)
             for conn in list(self.connections):
-                if conn.ready and conn.pool_index > 0 and conn.slot not in self._probes:
-                    probe = UpstreamSession(self.config, self.pools, conn.slot, self, self.counters, probe=True)
-                    self._probes[conn.slot] = probe
-                    probe.start()
+                if conn.ready and conn.pool_index > 0 and conn.slot not in self._failback_attempts:
+                    attempt = UpstreamSession(self.config, self.pools, conn.slot, self, self.counters,
+                                              failback_attempt=True)
+                    self._failback_attempts[conn.slot] = attempt
+                    attempt.start()
 
-    def _promote(self, probe: UpstreamSession) -> None:
-        """The first pool answered a failback probe: it takes the slot, the backup's miners move to it."""
-        self._probes.pop(probe.slot, None)
-        old = self.connections[probe.slot]
-        self.connections[probe.slot] = probe
-        probe.probe = False
+    def _promote(self, attempt: UpstreamSession) -> None:
+        """The first pool answered a failback attempt: it takes the slot, the backup's miners move to it."""
+        self._failback_attempts.pop(attempt.slot, None)
+        old = self.connections[attempt.slot]
+        self.connections[attempt.slot] = attempt
+        attempt.failback_attempt = False
         miners = list(old.miners.values())
         for miner in yielding(miners, FAN_OUT_BATCH):
             old.detach(miner)
-            probe.attach(miner)
+            attempt.attach(miner)
         # The backup writes out what it holds (unregisters, shares awaiting acknowledgement) first.
         gevent.spawn(old.drain, gevent.get_hub().loop.now() + DRAIN_SECONDS)
         self.counters.upstream_failbacks += 1
         self.counters.miners_moved += len(miners)
-        log.info("%s: back on the first pool %s:%d; %d miners moved from %s:%d", probe.name,
-                 probe.pool.host, probe.pool.port, len(miners),
+        log.info("%s: back on the first pool %s:%d; %d miners moved from %s:%d", attempt.name,
+                 attempt.pool.host, attempt.pool.port, len(miners),
                  old.pool.host if old.pool else "-", old.pool.port if old.pool else 0)

@@ -15,6 +15,7 @@ import gevent
 from gevent import socket
 
 from . import __version__, tcp
+from .backoff import Backoff
 from .config import Config, PoolEntry
 from .cooperative import yielding
 from .counters import Counters
@@ -43,7 +44,8 @@ STABLE_SECONDS = 5.0          # ready for less than this, then lost: a failed at
 DRAIN_POLL_SECONDS = 0.01
 MAX_DIFF_EXP = 64             # MINING_SET_DIFF beyond 2^64 is not a difficulty
 ASKED_TO_RECONNECT = "the pool asked us to reconnect"
-SUBRES_SILENCE_SECONDS = 10.0  # subres offered, yet no share answered for this long: answer on write
+SUBRES = "subres"  # the capability by which a pool offers submit responses (an answer per share)
+SUBMIT_RESPONSE_SILENCE_SECONDS = 10.0  # offered, yet no share answered for this long: answer on write
 
 
 _last_tag = 0  # connection tags, process-wide, 1..MAX_TAG cycling
@@ -68,13 +70,13 @@ class UpstreamSession:
     """
 
     def __init__(self, config: Config, pools: List[PoolEntry], slot: int, owner: "PoolSet",
-                 counters: Counters, probe: bool = False) -> None:
+                 counters: Counters, failback_attempt: bool = False) -> None:
         self.config = config
         self.pools = pools
         self.slot = slot
         self.owner = owner
         self.counters = counters
-        self.probe = probe  # a failback attempt: tries the first pool once, never retries
+        self.failback_attempt = failback_attempt  # tries the first pool once, never retries
         self.miners: Dict[int, "MinerSession"] = {}
         self.ready = False
         self.state = "connecting"
@@ -85,22 +87,21 @@ class UpstreamSession:
         self.difficulty: Optional[float] = None
         self.version_mask: Optional[int] = None
         self.pool_capabilities: Tuple[str, ...] = ()
-        self.answers_shares = False
+        self.submit_responses = False  # the pool answers each share (submit_response_from_server)
         self.last_job: Optional[AgentJob] = None
         self.bytes_received = self.frames_received = 0
         self._sent_before = (0, 0)  # bytes and frames sent on earlier connections of this slot
-        self._subres_wanted = config.submit_response_from_server
         self._job_ntimes: List[Optional[int]] = [None] * 256
         self._submit_index = 0
-        self._pending: Dict[int, Tuple["MinerSession", Any]] = {}  # subres index -> (miner, id)
+        self._awaiting_response: Dict[int, Tuple["MinerSession", Any]] = {}  # share index -> (miner, id)
         self.uplink: Optional[Uplink] = None   # the sending half, while ready
         self._sock: Any = None
         self._ready_at = 0.0
         self._greenlet: Optional[gevent.Greenlet] = None
         self._stopping = False
         self._authorized = False
-        self._settling_subres = False
-        self._subres_heard = False
+        self._settling_submit_responses = False
+        self._submit_response_heard = False
         self._broken = ""
         self._tag = 0
         self._unknown_methods: set = set()
@@ -113,7 +114,7 @@ class UpstreamSession:
     @property
     def name(self) -> str:
         """How log lines name this connection."""
-        kind = "failback probe" if self.probe else "slot"
+        kind = "failback attempt" if self.failback_attempt else "slot"
         return "%s %d (%s)" % (kind, self.slot, self.owner.sub_account)
 
     # ---- interface used by miners (upstream_api.Upstream) -------------------------------------
@@ -173,24 +174,24 @@ class UpstreamSession:
                                     None if ntime == job_ntime else ntime, version_mask)
         index = self._submit_index  # the pool counts every share, whether it answers them or not
         self._submit_index = (index + 1) & 0xFFFF
-        if self.answers_shares:
-            if not self._pending and not self._subres_heard:
-                gevent.spawn_later(SUBRES_SILENCE_SECONDS, self._check_subres_heard, self._tag)
-            self._pending[index] = (miner, msg_id)
+        if self.submit_responses:
+            if not self._awaiting_response and not self._submit_response_heard:
+                gevent.spawn_later(SUBMIT_RESPONSE_SILENCE_SECONDS, self._check_submit_responses_heard, self._tag)
+            self._awaiting_response[index] = (miner, msg_id)
             self.uplink.queue_frame(frame)
         else:
             self.uplink.queue_share(frame, miner, msg_id)  # answered once it reached the pool
         return QUEUED
 
-    def _check_subres_heard(self, tag: int) -> None:
-        """A pool that offered subres but answers no share must not leave miners waiting."""
-        if tag != self._tag or not self.ready or self._subres_heard or not self.answers_shares:
+    def _check_submit_responses_heard(self, tag: int) -> None:
+        """A pool that offered submit responses but answers no share must not leave miners waiting."""
+        if tag != self._tag or not self.ready or self._submit_response_heard or not self.submit_responses:
             return
-        log.warning("%s: pool %s:%d offered share answers (subres) but sent none for %.0f s; answering "
+        log.warning("%s: pool %s:%d offered submit responses (an answer per share) but sent none for %.0f s; answering "
                     "shares once written on this connection", self.name, self.pool.host, self.pool.port,
-                    SUBRES_SILENCE_SECONDS)
-        self.answers_shares = False
-        pending, self._pending = self._pending, {}
+                    SUBMIT_RESPONSE_SILENCE_SECONDS)
+        self.submit_responses = False
+        pending, self._awaiting_response = self._awaiting_response, {}
         for miner, msg_id in pending.values():
             miner.share_answered(msg_id, 0)
 
@@ -236,11 +237,11 @@ class UpstreamSession:
         handshake error, or lost within STABLE_SECONDS of becoming ready) moves on to the next pool;
         after a pass over the whole list, wait a capped, jittered, growing delay (per slot).
         """
-        backoff = self.owner.new_backoff()
+        backoff = Backoff()  # per slot: 0.5 s doubling to 30 s, full jitter
         index = 0
         while not self._stopping:
-            pool = self.pools[0] if self.probe else self.pools[index]
-            self.pool_index = 0 if self.probe else index
+            pool = self.pools[0] if self.failback_attempt else self.pools[index]
+            self.pool_index = 0 if self.failback_attempt else index
             reason = self._attempt(pool)
             if self._stopping:
                 return
@@ -257,13 +258,13 @@ class UpstreamSession:
                             pool.port, reason)
                 index = 0
                 continue
-            if self.probe and not was_ready:
+            if self.failback_attempt and not was_ready:
                 log.info("%s: first pool %s:%d still unavailable (%s); staying on the backup", self.name,
                          pool.host, pool.port, reason)
-                self.owner.probe_failed(self)
+                self.owner.failback_attempt_failed(self)
                 return
-            if self.probe:
-                self.probe = False  # it served, briefly: from now on an ordinary slot
+            if self.failback_attempt:
+                self.failback_attempt = False  # it served, briefly: from now on an ordinary slot
             index = (index + 1) % len(self.pools)
             if index == 0:
                 delay = backoff.next_delay()
@@ -333,7 +334,7 @@ class UpstreamSession:
                 raise OSError(self._broken)
 
     def _handshake(self, sub_account: str) -> bytes:
-        caps = ["verrol", "subres"] if self._subres_wanted else ["verrol"]
+        caps = ["verrol", SUBRES] if self.config.submit_response_from_server else ["verrol"]
         return b"".join((
             stratum.request_line("caps", "agent.get_capabilities", [caps]),
             stratum.request_line("conf", "mining.configure", [["version-rolling"], {
@@ -358,8 +359,8 @@ class UpstreamSession:
         """Forget the connection; unanswered shares get an error, miners go back to the pool set."""
         self.ready = False
         self._authorized = False
-        self._settling_subres = False
-        self._subres_heard = False
+        self._settling_submit_responses = False
+        self._submit_response_heard = False
         self._broken = ""
         unanswered: List[Tuple[Any, Any]] = []
         uplink, self.uplink = self.uplink, None
@@ -376,7 +377,7 @@ class UpstreamSession:
             self._sock = None
         if not self._stopping:
             self._set_state("connecting")
-        pending, self._pending = self._pending, {}
+        pending, self._awaiting_response = self._awaiting_response, {}
         unanswered.extend(pending.values())
         if unanswered:
             self.counters.shares_refused_upstream_lost += len(unanswered)
@@ -387,7 +388,7 @@ class UpstreamSession:
         self.difficulty = None
         self.version_mask = None
         self.pool_capabilities = ()
-        self.answers_shares = False
+        self.submit_responses = False
         self.extranonce1 = ""
         self.last_job = None
         self._job_ntimes = [None] * 256
@@ -455,20 +456,20 @@ class UpstreamSession:
             if result is not True:
                 raise AuthorizationRefused("sub-account %r not authorized: %.200r" % (self.pool.sub_account, error or result))
             self._authorized = True
-            if self._subres_wanted and "subres" in self.pool_capabilities:
-                # The pool enables subres only for an authorized session: ask again now, and serve
+            if self.config.submit_response_from_server and SUBRES in self.pool_capabilities:
+                # The pool enables submit responses only for an authorized session: ask again now, and serve
                 # miners only once it answered, so every share's answer mode is settled.
-                self._settling_subres = True
+                self._settling_submit_responses = True
                 self._sock.sendall(stratum.request_line(
-                    "caps_again", "agent.get_capabilities", [["verrol", "subres"]]))
+                    "caps_again", "agent.get_capabilities", [["verrol", SUBRES]]))
             elif self.difficulty is not None:
                 self._become_ready()
         elif msg_id in ("caps", "caps_again") and isinstance(result, dict):
             caps = result.get("capabilities")
             self.pool_capabilities = tuple(c for c in caps if isinstance(c, str))[:16] if isinstance(caps, list) else ()
-            if msg_id == "caps_again" and self._settling_subres:
-                self._settling_subres = False
-                self.answers_shares = "subres" in self.pool_capabilities
+            if msg_id == "caps_again" and self._settling_submit_responses:
+                self._settling_submit_responses = False
+                self.submit_responses = SUBRES in self.pool_capabilities
                 if self.difficulty is not None:
                     self._become_ready()
         elif error and msg_id not in ("conf", "caps", "caps_again"):
@@ -495,7 +496,7 @@ class UpstreamSession:
             raise ProtocolError("first mining.set_difficulty %.80r is not a difficulty (0 < d <= 2^64)"
                                 % (params,))
         self.difficulty = value  # no miner is attached yet: they come once the connection is ready
-        if self._authorized and not self._settling_subres:
+        if self._authorized and not self._settling_submit_responses:
             self._become_ready()
 
     def _on_set_version_mask(self, params: Any) -> None:
@@ -547,8 +548,8 @@ class UpstreamSession:
                     miner.send(line)
         elif frame.cmd == CMD_SUBMIT_RESPONSE:
             index, status = decode_submit_response(frame.body)
-            self._subres_heard = True
-            entry = self._pending.pop(index, None)
+            self._submit_response_heard = True
+            entry = self._awaiting_response.pop(index, None)
             if entry is None:
                 self._report("unknown-index", "share answer for unknown index %d ignored" % index)
                 return

@@ -4,12 +4,7 @@ A BTCAgent pool connection (`upstream.UpstreamSession`), the place where miners 
 connection is ready (`poolset.HeldMiners`), and later a plain stratum pool all offer these verbs;
 `miner.py` depends on this module only.
 """
-from typing import Any, Optional
-
-try:  # Python 3.8+: typing.Protocol
-    from typing import Protocol
-except ImportError:  # pragma: no cover
-    Protocol = object  # type: ignore
+from typing import Any, Optional, Protocol
 
 # submit() answers: 0 means the upstream answers the miner itself (now or later); any other value is
 # the stratum error code the miner must get at once.

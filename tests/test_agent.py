@@ -283,7 +283,7 @@ def test_bad_pool_input_never_crashes_the_agent(pool, agent, clients, garbage, r
 def test_subres_answers_follow_the_pool_out_of_order(agent_factory, pool):
     pool.shuffle_responses = True
     agent = agent_factory(submit_response_from_server=True)
-    assert wait_until(lambda: agent.upstreams[0].answers_shares)
+    assert wait_until(lambda: agent.upstreams[0].submit_responses)
     client = LineClient(agent.address)
     try:
         extranonce1, seen = client.login("demo.subres")
