@@ -9,7 +9,7 @@ import logging
 import math
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional, Protocol
 
 from gevent import get_hub
 from greenlet import getcurrent, greenlet
@@ -19,10 +19,9 @@ from .protocol.stratum import (CLIENT_RECONNECT_LINE, ILLEGAL_PARAMS, JOB_NOT_FO
                                NOT_SUBSCRIBED, UNAUTHORIZED, DUPLICATE_SUBSCRIBED,
                                WORKER_NAME_MUST_BE_STRING, echoable_id, error_line,
                                parse_extranonce2, parse_hex32, result_line, true_line)
+from .config import Config
+from .counters import Counters
 from .upstream_api import Upstream
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .server import Agent
 
 log = logging.getLogger("gagent.miner")
 
@@ -42,6 +41,20 @@ _now = time.time
 _exp = math.exp
 
 
+class MinerHost(Protocol):
+    """What a miner session uses of the agent that accepted it."""
+
+    config: Config
+    counters: Counters
+    clock: float  # wall-clock seconds, refreshed every second
+
+    def subscribed(self, miner: "MinerSession") -> None: ...
+    def forget(self, miner: "MinerSession") -> None: ...
+    def worker_name_for(self, login: str, peer_ip: str) -> str: ...
+    def authorize(self, miner: "MinerSession", msg_id: Any, login: str) -> None: ...
+    def version_mask_for(self, miner: "MinerSession") -> Optional[int]: ...
+
+
 class MinerSession:
     """State of one miner: subscribe → authorize → attached to an upstream session → submits."""
 
@@ -50,7 +63,7 @@ class MinerSession:
                  "connected_at", "difficulty", "accepted", "rejected", "last_share_at",
                  "_work", "_backlog", "_read_watcher", "_write_watcher", "_greenlet", "closed")
 
-    def __init__(self, agent: "Agent", sock: Any, peer_ip: str, session_id: int) -> None:
+    def __init__(self, agent: MinerHost, sock: Any, peer_ip: str, session_id: int) -> None:
         self.agent = agent
         self.sock = sock
         self.peer_ip = peer_ip

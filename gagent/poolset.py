@@ -9,7 +9,7 @@ retries the first pool every `pool_failback_seconds` and its miners move back wh
 """
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import gevent
 
@@ -17,18 +17,18 @@ from .config import Config, PoolEntry
 from .cooperative import yielding
 from .counters import Counters
 from .protocol import stratum
-from .protocol.jobs import AgentJob, fake_notify, is_fake_job_id
-from .upstream import FAN_OUT_BATCH, UpstreamSession
-from .upstream_api import QUEUED
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .miner import MinerSession
+from .protocol.jobs import fake_notify, is_fake_job_id
+from .slot import UpstreamSlot
+from .upstream_api import QUEUED, Miner
 
 log = logging.getLogger("gagent.poolset")
 
 GRACE_CHECK_SECONDS = 1.0
 DRAIN_SECONDS = 3.0
+FAN_OUT_BATCH = 256  # miners handled between yields to the hub when many move at once
 _NO_ANSWER = object()
+
+SlotFactory = Callable[["PoolSet", int, bool], UpstreamSlot]  # (pool set, slot number, failback attempt)
 
 
 class HeldMiners:
@@ -39,26 +39,27 @@ class HeldMiners:
     """
 
     ready = False
+    version_mask = None
 
     def __init__(self, pool_set: "PoolSet") -> None:
         self.pool_set = pool_set
-        self.miners: Dict[int, "MinerSession"] = {}
+        self.miners: Dict[int, Miner] = {}
         self.since: Dict[int, float] = {}   # session id -> loop time it was held
-        self.faking: Dict[int, "MinerSession"] = {}  # past the grace period, on fake jobs
+        self.faking: Dict[int, Miner] = {}  # past the grace period, on fake jobs
         self.awaiting_answer: Dict[int, Any] = {}  # session id -> authorize id, answered once placed
 
     @property
     def miner_count(self) -> int:
         return len(self.miners)
 
-    def attach(self, miner: "MinerSession") -> None:
+    def attach(self, miner: Miner) -> None:
         if miner.closed:
             return
         self.miners[miner.session_id] = miner
         self.since[miner.session_id] = gevent.get_hub().loop.now()
         miner.upstream = self
 
-    def detach(self, miner: "MinerSession") -> None:
+    def detach(self, miner: Miner) -> None:
         self.miners.pop(miner.session_id, None)
         self.since.pop(miner.session_id, None)
         self.faking.pop(miner.session_id, None)
@@ -66,7 +67,7 @@ class HeldMiners:
         if miner.upstream is self:
             miner.upstream = None
 
-    def submit(self, miner: "MinerSession", msg_id: Any, job_id: Any, extra_nonce2: int, ntime: int,
+    def submit(self, miner: Miner, msg_id: Any, job_id: Any, extra_nonce2: int, ntime: int,
                nonce: int, version_mask: Optional[int]) -> int:
         if miner.session_id in self.faking and is_fake_job_id(job_id):
             miner.send(stratum.true_line(msg_id))  # keeps the miner hashing; never sent anywhere
@@ -74,7 +75,7 @@ class HeldMiners:
         self.pool_set.counters.shares_refused_upstream_lost += 1
         return stratum.JOB_NOT_FOUND_OR_STALE
 
-    def send_version_mask(self, miner: "MinerSession") -> None:
+    def send_version_mask(self, miner: Miner) -> None:
         """Nothing to tell until a connection is ready."""
 
 
@@ -82,7 +83,8 @@ class PoolSet:
     """The connections of one sub-account: placement, holding, moving, failback."""
 
     def __init__(self, config: Config, sub_account: str, pools: List[PoolEntry], counters: Counters,
-                 open_socket: Any, answer_at_once: bool = True) -> None:
+                 open_socket: Callable[[PoolEntry], Any], new_slot: "SlotFactory",
+                 answer_at_once: bool = True) -> None:
         self.config = config
         self.sub_account = sub_account
         # Single-user mode answers authorize at once (the sub-account is the operator's own); in
@@ -94,12 +96,12 @@ class PoolSet:
         self.pools = pools
         self.counters = counters
         self.open_socket = open_socket  # pool entry -> connected socket (direct, TLS or proxied, as configured)
-        self.connections: List[UpstreamSession] = [
-            UpstreamSession(config, pools, slot, self, counters)
-            for slot in range(config.pool_connection_number_per_subaccount)]
+        self.new_slot = new_slot
+        self.connections: List[UpstreamSlot] = [
+            new_slot(self, slot, False) for slot in range(config.pool_connection_number_per_subaccount)]
         self.holding = HeldMiners(self)
-        self.last_job: Optional[AgentJob] = None
-        self._failback_attempts: Dict[int, UpstreamSession] = {}  # slot -> its attempt on the first pool
+        self.last_job_params: Optional[List[Any]] = None  # the newest real job's, for fake jobs
+        self._failback_attempts: Dict[int, UpstreamSlot] = {}  # slot -> its attempt on the first pool
         self._releaser: Optional[gevent.Greenlet] = None
         self._grace_keeper: Optional[gevent.Greenlet] = None
         self._failback: Optional[gevent.Greenlet] = None
@@ -147,7 +149,7 @@ class PoolSet:
 
     # ---- miners --------------------------------------------------------------------------------
 
-    def authorize(self, miner: "MinerSession", msg_id: Any) -> None:
+    def authorize(self, miner: Miner, msg_id: Any) -> None:
         """Answer a miner's authorize and give it work, or hold it (and, for a sub-account not yet
         accepted by the pool, its answer) until a connection is ready."""
         if self.refused:
@@ -163,12 +165,12 @@ class PoolSet:
         self.holding.attach(miner)
         self._keep_grace()
 
-    def _answer_authorize(self, miner: "MinerSession") -> None:
+    def _answer_authorize(self, miner: Miner) -> None:
         msg_id = self.holding.awaiting_answer.pop(miner.session_id, _NO_ANSWER)
         if msg_id is not _NO_ANSWER:
             miner.send(stratum.true_line(msg_id))
 
-    def authorization_refused(self, conn: UpstreamSession, reason: str) -> None:
+    def authorization_refused(self, conn: UpstreamSlot, reason: str) -> None:
         """A pool refused this sub-account. Once every pool did, before any accepted it, miners
         waiting for their authorize answer get an error they can show, and so do later ones."""
         if self.accepted or self.answer_at_once:  # the operator's own sub-account: keep trying
@@ -185,7 +187,7 @@ class PoolSet:
             miner.send(stratum.error_line(msg_id, stratum.INVALID_USERNAME, self.refused))
             miner.close()
 
-    def place(self, miner: "MinerSession") -> None:
+    def place(self, miner: Miner) -> None:
         """Attach an authorized miner to the least-loaded ready connection, or hold it."""
         target = self._least_loaded()
         if target is not None:
@@ -195,7 +197,7 @@ class PoolSet:
         self.counters.miners_held += 1
         self._keep_grace()
 
-    def _least_loaded(self) -> Optional[UpstreamSession]:
+    def _least_loaded(self) -> Optional[UpstreamSlot]:
         best = None
         for conn in self.connections:
             if conn.ready and (best is None or conn.miner_count < best.miner_count):
@@ -204,7 +206,7 @@ class PoolSet:
 
     # ---- events from connections ---------------------------------------------------------------
 
-    def connection_ready(self, conn: UpstreamSession) -> None:
+    def connection_ready(self, conn: UpstreamSlot) -> None:
         self.accepted = True
         self.refused = ""
         if conn.failback_attempt:
@@ -214,7 +216,7 @@ class PoolSet:
         if self.holding.miners:
             self._release_soon()
 
-    def connection_lost(self, conn: UpstreamSession, miners: List["MinerSession"], reason: str) -> None:
+    def connection_lost(self, conn: UpstreamSlot, miners: List[Miner], reason: str) -> None:
         """Hold the miners of a broken connection at once, then move them to ready connections."""
         for miner in miners:
             self.holding.attach(miner)
@@ -232,11 +234,11 @@ class PoolSet:
                         conn.name, reason, len(miners), held, self.config.upstream_grace_seconds)
             self._keep_grace()
 
-    def job_seen(self, job: AgentJob) -> None:
+    def job_seen(self, params: List[Any]) -> None:
         """Remember the newest real job: fake jobs are built from it."""
-        self.last_job = job
+        self.last_job_params = params
 
-    def failback_attempt_failed(self, attempt: UpstreamSession) -> None:
+    def failback_attempt_failed(self, attempt: UpstreamSlot) -> None:
         if self._failback_attempts.get(attempt.slot) is attempt:
             del self._failback_attempts[attempt.slot]
 
@@ -314,7 +316,7 @@ class PoolSet:
 
     def _send_fake_job(self) -> None:
         self._fake_sequence += 1
-        template = self.last_job.params if self.last_job is not None else None
+        template = self.last_job_params
         line = fake_notify(template, self._fake_sequence, int(time.time()))
         for miner in yielding(list(self.holding.faking.values()), FAN_OUT_BATCH):
             miner.send(line)
@@ -327,12 +329,11 @@ class PoolSet:
             gevent.sleep(self.config.pool_failback_seconds)
             for conn in list(self.connections):
                 if conn.ready and conn.pool_index > 0 and conn.slot not in self._failback_attempts:
-                    attempt = UpstreamSession(self.config, self.pools, conn.slot, self, self.counters,
-                                              failback_attempt=True)
+                    attempt = self.new_slot(self, conn.slot, True)
                     self._failback_attempts[conn.slot] = attempt
                     attempt.start()
 
-    def _promote(self, attempt: UpstreamSession) -> None:
+    def _promote(self, attempt: UpstreamSlot) -> None:
         """The first pool answered a failback attempt: it takes the slot, the backup's miners move to it."""
         self._failback_attempts.pop(attempt.slot, None)
         old = self.connections[attempt.slot]

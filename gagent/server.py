@@ -21,7 +21,9 @@ from .errors import log_unexpected
 from .miner import MinerSession
 from .poolset import PoolSet
 from .sessionids import SessionIdAllocator
-from .upstream import UpstreamSession
+from .btcagent import BTCAgentSession
+from .slot import UpstreamSlot
+from .upstream_api import ProtocolSession
 from .protocol.stratum import INVALID_USERNAME, error_line
 from .workers import split_login, worker_name
 
@@ -90,7 +92,8 @@ class Agent:
         self.pool_sets: Dict[str, PoolSet] = {}
         self._idle_since: Dict[str, float] = {}  # multi-user: sub-account -> when its last miner left
         if not config.multi_user_mode:
-            main = PoolSet(config, config.pools[0].sub_account, config.pools, self.counters, self.open_pool_socket)
+            main = PoolSet(config, config.pools[0].sub_account, config.pools, self.counters, self.open_pool_socket,
+                           self._new_slot)
             main.on_ready = self._upstream_ready
             self.pool_sets[main.sub_account] = main
         self._proxies = [parse_proxy_url(url) for url in config.proxy]
@@ -115,14 +118,14 @@ class Agent:
         return self._server is not None and self._server.started
 
     @property
-    def upstreams(self) -> List[UpstreamSession]:
+    def upstreams(self) -> List[UpstreamSlot]:
         """Every pool connection of every pool set."""
         return [conn for pool_set in self.pool_sets.values() for conn in pool_set.connections]
 
     def version_mask_for(self, miner: MinerSession) -> Optional[int]:
         """The version-rolling mask of the pool connection this miner uses or will use, if known."""
         upstream = miner.upstream
-        if isinstance(upstream, UpstreamSession) and upstream.version_mask is not None:
+        if upstream is not None and upstream.version_mask is not None:
             return upstream.version_mask
         for pool_set in self.pool_sets.values():
             if not miner.sub_account or pool_set.sub_account == miner.sub_account:
@@ -130,6 +133,11 @@ class Agent:
                     if conn.ready and conn.version_mask is not None:
                         return conn.version_mask
         return None
+
+    def _new_slot(self, pool_set: PoolSet, slot: int, failback_attempt: bool) -> UpstreamSlot:
+        """A pool set's connection slot over the pool set's own pool list."""
+        return UpstreamSlot(self.config, pool_set.pools, slot, pool_set, self.counters, _new_session,
+                            failback_attempt=failback_attempt)
 
     def open_pool_socket(self, pool: PoolEntry) -> Any:
         """A connected socket to a pool entry: through the configured proxies (in order; directly
@@ -255,7 +263,7 @@ class Agent:
         if pool_set is None:
             pools = [PoolEntry(pool.host, pool.port, sub_account) for pool in self.config.pools]
             pool_set = PoolSet(self.config, sub_account, pools, self.counters, self.open_pool_socket,
-                               answer_at_once=False)
+                               self._new_slot, answer_at_once=False)
             pool_set.on_ready = self._upstream_ready
             self.pool_sets[sub_account] = pool_set
             log.info("sub-account %s: first miner; opening %d pool connections", sub_account,
@@ -267,7 +275,7 @@ class Agent:
     def _tick(self) -> None:
         self.clock = time.time()
 
-    def _upstream_ready(self, upstream: UpstreamSession) -> None:
+    def _upstream_ready(self, upstream: UpstreamSlot) -> None:
         self._ready.set()
 
     def _close_idle_pool_sets(self) -> None:
@@ -298,3 +306,8 @@ class Agent:
                          SUBSCRIBE_TIMEOUT_SECONDS)
             for miner in idle:
                 miner.close()
+
+
+def _new_session(slot: UpstreamSlot, pool: PoolEntry, sock: Any) -> ProtocolSession:
+    """The protocol session for a connected pool entry: the one place that knows the upstream kinds."""
+    return BTCAgentSession(slot, pool, sock)

@@ -27,7 +27,7 @@ def test_handshake_is_btcagent_and_pool_sees_an_agent_session(pool, agent):
     upstream = agent.upstreams[0]
     assert upstream.extranonce1 == conn.extranonce1
     assert upstream.difficulty == TINY_DIFFICULTY
-    assert "verrol" in upstream.pool_capabilities
+    assert "verrol" in upstream.session.pool_capabilities
 
 
 def test_job_reaches_every_miner_with_pool_extranonce1_appended(pool, agent, clients):
@@ -283,7 +283,7 @@ def test_bad_pool_input_never_crashes_the_agent(pool, agent, clients, garbage, r
 def test_subres_answers_follow_the_pool_out_of_order(agent_factory, pool):
     pool.shuffle_responses = True
     agent = agent_factory(submit_response_from_server=True)
-    assert wait_until(lambda: agent.upstreams[0].submit_responses)
+    assert wait_until(lambda: agent.upstreams[0].ready and agent.upstreams[0].session.submit_responses)
     client = LineClient(agent.address)
     try:
         extranonce1, seen = client.login("demo.subres")
@@ -365,7 +365,7 @@ def test_a_burst_of_shares_leaves_in_one_tcp_segment(pool, agent, clients):
     jobs = [miner.login("demo.b%d" % n)[1][-1]["params"] for n, miner in enumerate(miners)]
     assert wait_until(lambda: len(conn.workers) == 20)
     gevent.sleep(0.05)  # let the REGISTER frames go first
-    uplink = agent.upstreams[0]._sock
+    uplink = agent.upstreams[0].session.sock
     before = segments_sent(uplink)
     ids = [miner.request("mining.submit", ["demo.b%d" % n, job[0], "00000001", job[7], "%08x" % n])
            for n, (miner, job) in enumerate(zip(miners, jobs))]

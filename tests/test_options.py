@@ -124,7 +124,7 @@ def test_pool_reached_through_a_proxy_after_a_refusing_one(pproxy, pool, scheme,
         client = LineClient(agent.address)
         client.login("demo.proxied")
         assert wait_until(lambda: "proxied" in [w for _, w in pool.authorized[0].workers.values()])
-        assert agent.upstreams[0]._sock.getpeername()[1] == pproxy[scheme + "_auth"]  # through the proxy
+        assert agent.upstreams[0].session.sock.getpeername()[1] == pproxy[scheme + "_auth"]  # through the proxy
         assert "trying the next proxy" in caplog.text  # after the refusing one
         client.close()
     finally:
@@ -240,7 +240,7 @@ def test_numeric_job_id_and_null_sixth_param_are_accepted(pool, agent, clients):
 
 def test_pool_statuses_36_and_37_reach_the_miner_as_21(agent_factory, pool):
     agent = agent_factory(submit_response_from_server=True)
-    assert wait_until(lambda: agent.upstreams[0].submit_responses)
+    assert wait_until(lambda: agent.upstreams[0].ready and agent.upstreams[0].session.submit_responses)
     miner = SimMiner(*agent.address, username="demo.stale", max_shares=4).start()
     try:
         pool.force_status(36)
@@ -258,7 +258,7 @@ def test_subres_works_when_the_pool_answers_authorize_late():
     agent = start_agent([pool.address[1]], submit_response_from_server=True)
     miner = SimMiner(*agent.address, username="demo.late", max_shares=2).start()
     try:
-        assert wait_until(lambda: agent.upstreams[0].submit_responses, timeout=10)
+        assert wait_until(lambda: agent.upstreams[0].ready and agent.upstreams[0].session.submit_responses, timeout=10)
         assert wait_until(lambda: miner.accepted >= 2, timeout=30)
         assert pool.authorized[0].subres
     finally:
@@ -268,18 +268,18 @@ def test_subres_works_when_the_pool_answers_authorize_late():
 
 
 def test_a_pool_that_offers_subres_but_never_answers_does_not_leave_miners_waiting(monkeypatch, pool):
-    import gagent.upstream
-    monkeypatch.setattr(gagent.upstream, "SUBMIT_RESPONSE_SILENCE_SECONDS", 0.5)
+    import gagent.btcagent
+    monkeypatch.setattr(gagent.btcagent, "SUBMIT_RESPONSE_SILENCE_SECONDS", 0.5)
     agent = start_agent([pool.address[1]], submit_response_from_server=True)
     try:
-        assert wait_until(lambda: agent.upstreams[0].submit_responses)
+        assert wait_until(lambda: agent.upstreams[0].ready and agent.upstreams[0].session.submit_responses)
         pool.authorized[0].subres = False  # a pool that offered answers, then sends none
         client = LineClient(agent.address)
         _, seen = client.login("demo.waiting")
         job = seen[-1]["params"]
         msg_id = client.request("mining.submit", ["demo.waiting", job[0], "00000001", job[7], "00000001"])
         assert client.answer(msg_id, timeout=5)["result"] is True
-        assert not agent.upstreams[0].submit_responses
+        assert not agent.upstreams[0].session.submit_responses
         client.close()
     finally:
         agent.stop()

@@ -280,7 +280,7 @@ def stall_then_close(agent, pool):
             extranonce1, _ = client.login("demo.s%d" % n)
             clients.append(client)
             sids.append(int(extranonce1, 16))
-        job = agent.upstreams[0].last_job.params
+        job = agent.upstreams[0].session.last_job.params
         sent = {}  # (client index, msg id) -> (session id, extranonce2)
         en2 = 0
         for _ in range(3):  # shares while the pool reads: answered true

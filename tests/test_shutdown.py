@@ -101,6 +101,6 @@ def test_keepalive_on_miner_and_pool_sockets(pool, agent, clients):
     assert wait_until(lambda: len(agent.miners) == 1)
     miner_sock = next(iter(agent.miners.values())).sock
     assert miner_sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
-    pool_sock = agent.upstreams[0]._sock
+    pool_sock = agent.upstreams[0].session.sock
     assert pool_sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
     assert pool_sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 20000

@@ -17,7 +17,7 @@ runs. The handshake faults and hostile first messages are modes, keyword argumen
 """
 import collections
 import logging
-from typing import TYPE_CHECKING, Any, Deque, List, Optional, Tuple
+from typing import Any, Deque, List, Optional, Tuple
 
 import gevent
 import simplejson
@@ -25,8 +25,7 @@ from gevent.server import StreamServer
 
 from ..protocol import stratum
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .pool import PoolConnection
+PoolConnection = Any  # pool.PoolConnection: pool.py imports this module, so not the other way round
 
 log = logging.getLogger("gagent.sim.pool")
 
@@ -47,7 +46,7 @@ class FaultInjection:
     """Actions that break what the agent sees of the pool; mixed into PoolSimulator."""
 
     # provided by PoolSimulator
-    connections: List["PoolConnection"]
+    connections: List[PoolConnection]
     _running: bool
     _server: Optional[StreamServer]
 
@@ -87,7 +86,7 @@ class FaultInjection:
 
     # ---- drops --------------------------------------------------------------------------------
 
-    def reset(self, conn: "PoolConnection") -> None:
+    def reset(self, conn: PoolConnection) -> None:
         """Abort one connection with a TCP RST (SO_LINGER {1, 0}, then close)."""
         conn.close(rst=True)
 
@@ -121,7 +120,7 @@ class FaultInjection:
 
     # ---- reading ------------------------------------------------------------------------------
 
-    def stop_reading(self, conn: Optional["PoolConnection"] = None) -> None:
+    def stop_reading(self, conn: Optional[PoolConnection] = None) -> None:
         """Stop reading `conn`; None: every connection, including those accepted until
         `resume_reading()`. A chunk whose recv was already waiting is held back unprocessed."""
         if conn is None:
@@ -133,7 +132,7 @@ class FaultInjection:
             if not target.closed:
                 target.reading.clear()
 
-    def resume_reading(self, conn: Optional["PoolConnection"] = None) -> None:
+    def resume_reading(self, conn: Optional[PoolConnection] = None) -> None:
         """Read `conn` again; None: every connection, and new ones are read from the start."""
         if conn is None:
             self.reading_stopped = False

@@ -1,37 +1,32 @@
-"""One pool connection slot (upstream session) speaking the BTCAgent protocol.
+"""A pool connection speaking the BTCAgent protocol: JSON handshake, then binary ex-messages.
 
-A reader greenlet owns the connection: it dials, handshakes, and turns the pool's jobs, difficulty
-and share answers into bytes for the attached miners in the order the pool sent them. The sending
-half (batching, and answering shares once they reached the pool) is `uplink.Uplink`.
-
-The slot belongs to a pool set (`poolset.PoolSet`), which it tells when it becomes ready and which
-takes its miners when the connection is lost; the slot itself never disconnects a miner.
+`BTCAgentSession` is one connected socket from handshake to loss (a `ProtocolSession`): its slot's
+greenlet reads here and turns the pool's jobs, difficulty and share answers into bytes for the
+attached miners in the order the pool sent them. The sending half (batching, and answering shares
+once they reached the pool) is `uplink.Uplink`. Dialing, back-off and failover are the slot's
+(`slot.py`); placing, holding and moving miners are the pool set's.
 """
 import logging
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import gevent
-from gevent import socket
 
-from . import __version__, tcp
-from .backoff import Backoff
-from .config import Config, PoolEntry
+from . import __version__
 from .cooperative import yielding
-from .counters import Counters
-from .errors import log_unexpected
 from .protocol import stratum
 from .protocol.exmessage import (CMD_MINING_SET_DIFF, CMD_SUBMIT_RESPONSE, Frame, ProtocolError,
                                  StreamSplitter, decode_mining_set_diff, decode_submit_response,
                                  encode_register_worker, encode_submit_share, encode_unregister_worker)
 from .protocol.jobs import MAX_TAG, AgentJob, JobError, agent_notify, parse_miner_job_id
 from .protocol.stratum import JOB_NOT_FOUND_OR_STALE
+from .slot import AuthorizationRefused, PoolRefused, Reconnect
 from .uplink import Uplink
-from .upstream_api import QUEUED
+from .upstream_api import QUEUED, Miner
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .miner import MinerSession
-    from .poolset import PoolSet
+    from .config import PoolEntry
+    from .slot import UpstreamSlot
 
 log = logging.getLogger("gagent.upstream")
 
@@ -40,10 +35,8 @@ POOL_MAX_LINE = 4 << 20
 POOL_MAX_CONTAINERS = 64      # a notify with its merkle branches has 3
 RECV_SIZE = 65536
 FAN_OUT_BATCH = 256           # miners served between yields to the hub during a job fan-out
-STABLE_SECONDS = 5.0          # ready for less than this, then lost: a failed attempt, not a served one
 DRAIN_POLL_SECONDS = 0.01
 MAX_DIFF_EXP = 64             # MINING_SET_DIFF beyond 2^64 is not a difficulty
-ASKED_TO_RECONNECT = "the pool asked us to reconnect"
 SUBRES = "subres"  # the capability by which a pool offers submit responses (an answer per share)
 SUBMIT_RESPONSE_SILENCE_SECONDS = 10.0  # offered, yet no share answered for this long: answer on write
 
@@ -51,38 +44,18 @@ SUBMIT_RESPONSE_SILENCE_SECONDS = 10.0  # offered, yet no share answered for thi
 _last_tag = 0  # connection tags, process-wide, 1..MAX_TAG cycling
 
 
-class PoolRefused(Exception):
-    """The pool answered but cannot serve us (bad sub-account, not BTCAgent-compatible)."""
+class BTCAgentSession:
+    """One connected pool socket speaking the BTCAgent protocol (a `upstream_api.ProtocolSession`)."""
 
-
-class AuthorizationRefused(PoolRefused):
-    """The pool refused the sub-account."""
-
-
-class Reconnect(Exception):
-    """The pool asked us to reconnect (client.reconnect)."""
-
-
-class UpstreamSession:
-    """One upstream connection slot: dials the pools in order with back-off, serves its miners.
-
-    `state` is one of "connecting", "handshake", "ready", "backoff", "stopped".
-    """
-
-    def __init__(self, config: Config, pools: List[PoolEntry], slot: int, owner: "PoolSet",
-                 counters: Counters, failback_attempt: bool = False) -> None:
-        self.config = config
-        self.pools = pools
+    def __init__(self, slot: "UpstreamSlot", pool: "PoolEntry", sock: Any) -> None:
+        global _last_tag
         self.slot = slot
-        self.owner = owner
-        self.counters = counters
-        self.failback_attempt = failback_attempt  # tries the first pool once, never retries
-        self.miners: Dict[int, "MinerSession"] = {}
+        self.config = slot.config
+        self.counters = slot.counters
+        self.pool = pool
+        self.sock = sock
+        self.miners: Dict[int, Miner] = {}
         self.ready = False
-        self.state = "connecting"
-        self.state_since = time.time()
-        self.pool: Optional[PoolEntry] = None
-        self.pool_index = 0
         self.extranonce1 = ""
         self.difficulty: Optional[float] = None
         self.version_mask: Optional[int] = None
@@ -90,32 +63,29 @@ class UpstreamSession:
         self.submit_responses = False  # the pool answers each share (submit_response_from_server)
         self.last_job: Optional[AgentJob] = None
         self.bytes_received = self.frames_received = 0
-        self._sent_before = (0, 0)  # bytes and frames sent on earlier connections of this slot
+        self.broken = ""  # why the sending half failed, if it did
+        self.uplink: Optional[Uplink] = None   # the sending half, while ready
+        self._sent = (0, 0)  # bytes and frames the uplink sent, once it is closed
+        _last_tag = _last_tag % MAX_TAG + 1
+        self._tag = _last_tag  # every connection's job ids differ from every other's
         self._job_ntimes: List[Optional[int]] = [None] * 256
         self._submit_index = 0
-        self._awaiting_response: Dict[int, Tuple["MinerSession", Any]] = {}  # share index -> (miner, id)
-        self.uplink: Optional[Uplink] = None   # the sending half, while ready
-        self._sock: Any = None
-        self._ready_at = 0.0
-        self._greenlet: Optional[gevent.Greenlet] = None
-        self._stopping = False
+        self._awaiting_response: Dict[int, Tuple[Miner, Any]] = {}  # share index -> (miner, id)
         self._authorized = False
         self._settling_submit_responses = False
         self._submit_response_heard = False
-        self._broken = ""
-        self._tag = 0
+        self._closed = False
         self._unknown_methods: set = set()
         self._reported: set = set()
 
-    def __repr__(self) -> str:
-        where = "%s:%d" % (self.pool.host, self.pool.port) if self.pool else "-"
-        return "<UpstreamSession slot %d %s %s>" % (self.slot, where, self.state)
-
     @property
     def name(self) -> str:
-        """How log lines name this connection."""
-        kind = "failback attempt" if self.failback_attempt else "slot"
-        return "%s %d (%s)" % (kind, self.slot, self.owner.sub_account)
+        """How log lines name this connection: its slot's name."""
+        return self.slot.name
+
+    def __repr__(self) -> str:
+        return "<BTCAgentSession %s %s:%d%s>" % (self.name, self.pool.host, self.pool.port,
+                                                 " ready" if self.ready else "")
 
     # ---- interface used by miners (upstream_api.Upstream) -------------------------------------
 
@@ -125,13 +95,13 @@ class UpstreamSession:
 
     @property
     def bytes_sent(self) -> int:
-        return self._sent_before[0] + (self.uplink.bytes_sent if self.uplink else 0)
+        return self.uplink.bytes_sent if self.uplink else self._sent[0]
 
     @property
     def frames_sent(self) -> int:
-        return self._sent_before[1] + (self.uplink.frames_sent if self.uplink else 0)
+        return self.uplink.frames_sent if self.uplink else self._sent[1]
 
-    def attach(self, miner: "MinerSession") -> None:
+    def attach(self, miner: Miner) -> None:
         """Register the miner upstream and give it version mask, difficulty and the job (clean)."""
         if miner.closed:
             return  # a miner that left while being placed must never be registered
@@ -146,14 +116,14 @@ class UpstreamSession:
         if job is not None:
             miner.send(job.line_clean)
 
-    def detach(self, miner: "MinerSession") -> None:
+    def detach(self, miner: Miner) -> None:
         """Unregister the miner upstream (queued before its session id can be handed out again)."""
         if self.miners.pop(miner.session_id, None) is not None and self.ready:
             self.uplink.queue_frame(encode_unregister_worker(miner.session_id))
         if miner.upstream is self:
             miner.upstream = None
 
-    def submit(self, miner: "MinerSession", msg_id: Any, job_id: Any, extra_nonce2: int, ntime: int,
+    def submit(self, miner: Miner, msg_id: Any, job_id: Any, extra_nonce2: int, ntime: int,
                nonce: int, version_mask: Optional[int]) -> int:
         """Queue a share; QUEUED, or the stratum error code to answer at once.
 
@@ -176,143 +146,39 @@ class UpstreamSession:
         self._submit_index = (index + 1) & 0xFFFF
         if self.submit_responses:
             if not self._awaiting_response and not self._submit_response_heard:
-                gevent.spawn_later(SUBMIT_RESPONSE_SILENCE_SECONDS, self._check_submit_responses_heard, self._tag)
+                gevent.spawn_later(SUBMIT_RESPONSE_SILENCE_SECONDS, self._check_submit_responses_heard)
             self._awaiting_response[index] = (miner, msg_id)
             self.uplink.queue_frame(frame)
         else:
             self.uplink.queue_share(frame, miner, msg_id)  # answered once it reached the pool
         return QUEUED
 
-    def _check_submit_responses_heard(self, tag: int) -> None:
+    def _check_submit_responses_heard(self) -> None:
         """A pool that offered submit responses but answers no share must not leave miners waiting."""
-        if tag != self._tag or not self.ready or self._submit_response_heard or not self.submit_responses:
+        if not self.ready or self._submit_response_heard or not self.submit_responses:
             return
-        log.warning("%s: pool %s:%d offered submit responses (an answer per share) but sent none for %.0f s; answering "
-                    "shares once written on this connection", self.name, self.pool.host, self.pool.port,
+        log.warning("%s: pool %s:%d offered submit responses (an answer per share) but sent none for "
+                    "%.0f s; answering shares once written on this connection", self.name, self.pool.host, self.pool.port,
                     SUBMIT_RESPONSE_SILENCE_SECONDS)
         self.submit_responses = False
         pending, self._awaiting_response = self._awaiting_response, {}
         for miner, msg_id in pending.values():
             miner.share_answered(msg_id, 0)
 
-    def send_version_mask(self, miner: "MinerSession") -> None:
+    def send_version_mask(self, miner: Miner) -> None:
         """Tell a version-rolling miner the pool's mask (00000000 if the pool cannot take rolled shares)."""
         if miner.version_rolling and self.version_mask is not None:
             mask = self.version_mask & miner.version_rolling if "verrol" in self.pool_capabilities else 0
             miner.send(stratum.notification_line("mining.set_version_mask", ["%08x" % mask]))
 
-    # ---- lifecycle -----------------------------------------------------------------------------
+    # ---- lifecycle (called by the slot) --------------------------------------------------------
 
-    def start(self) -> None:
-        self._greenlet = gevent.spawn(self._run)
-
-    def stop(self) -> None:
-        """Close the connection for good (no reconnect); attached miners are handed to the pool set."""
-        self._stopping = True
-        if self._greenlet is not None and self._greenlet is not gevent.getcurrent():
-            self._greenlet.kill(block=False)
-        self._close_connection("stopped")
-        self._set_state("stopped")
-
-    def drain(self, deadline: float) -> None:
-        """Graceful stop: write out what is queued and wait until the pool confirmed it (every share
-        answered and proven read) or `deadline` (loop time), then close for good."""
-        self._stopping = True
-        loop = gevent.get_hub().loop
-        if self.uplink is not None:
-            self.uplink.flush_now()
-        while self.ready and self.uplink is not None and not self.uplink.settled and loop.now() < deadline:
-            gevent.sleep(DRAIN_POLL_SECONDS)
-        self.stop()
-
-    def _set_state(self, state: str) -> None:
-        if state != self.state:
-            self.state = state
-            self.state_since = time.time()
-
-    def _run(self) -> None:
-        """Dial the pools in order until one serves us; on loss start again from the first pool.
-
-        A connection that served for STABLE_SECONDS redials at once. A failed attempt (refused,
-        handshake error, or lost within STABLE_SECONDS of becoming ready) moves on to the next pool;
-        after a pass over the whole list, wait a capped, jittered, growing delay (per slot).
-        """
-        backoff = Backoff()  # per slot: 0.5 s doubling to 30 s, full jitter
-        index = 0
-        while not self._stopping:
-            pool = self.pools[0] if self.failback_attempt else self.pools[index]
-            self.pool_index = 0 if self.failback_attempt else index
-            reason = self._attempt(pool)
-            if self._stopping:
-                return
-            served = self._ready_at and time.time() - self._ready_at >= STABLE_SECONDS
-            was_ready, self._ready_at = bool(self._ready_at), 0.0
-            if was_ready and reason == ASKED_TO_RECONNECT and not backoff.failures:
-                backoff.failures = 1  # honoured at once; a pool that keeps asking gets back-off
-                served = True
-            if served:
-                if reason != ASKED_TO_RECONNECT:
-                    backoff.reset()
-                self.counters.upstream_reconnects += 1
-                log.warning("%s: connection to %s:%d lost (%s); reconnecting now", self.name, pool.host,
-                            pool.port, reason)
-                index = 0
-                continue
-            if self.failback_attempt and not was_ready:
-                log.info("%s: first pool %s:%d still unavailable (%s); staying on the backup", self.name,
-                         pool.host, pool.port, reason)
-                self.owner.failback_attempt_failed(self)
-                return
-            if self.failback_attempt:
-                self.failback_attempt = False  # it served, briefly: from now on an ordinary slot
-            index = (index + 1) % len(self.pools)
-            if index == 0:
-                delay = backoff.next_delay()
-                next_pool = self.pools[0]
-                self._set_state("backoff")
-                log.warning("%s: pool %s:%d: %s; no pool available, next try %s:%d in %.1f s", self.name,
-                            pool.host, pool.port, reason, next_pool.host, next_pool.port, delay)
-                gevent.sleep(delay)
-            else:
-                next_pool = self.pools[index]
-                log.warning("%s: pool %s:%d: %s; trying %s:%d", self.name, pool.host, pool.port, reason,
-                            next_pool.host, next_pool.port)
-
-    def _attempt(self, pool: PoolEntry) -> str:
-        """One connection to `pool` from dial to loss; returns why it ended."""
-        try:
-            self._serve(pool)
-        except Reconnect:
-            return ASKED_TO_RECONNECT
-        except AuthorizationRefused as exc:
-            self.owner.authorization_refused(self, str(exc))
-            return "refused: %s" % exc
-        except PoolRefused as exc:
-            return "refused: %s" % exc
-        except (OSError, ProtocolError) as exc:
-            return self._broken or _describe_error(exc)
-        except gevent.GreenletExit:
-            raise
-        except Exception as exc:  # a bug must cost one connection, never the slot
-            log_unexpected(log, "%s with pool %s:%d" % (self.name, pool.host, pool.port), exc)
-            return "internal error (%s)" % type(exc).__name__
-        finally:
-            self._close_connection("connection to %s:%d lost" % (pool.host, pool.port))
-        return "closed"
-
-    def _serve(self, pool: PoolEntry) -> None:
+    def serve(self) -> None:
+        """Handshake, then read until the connection ends (always by raising)."""
         config = self.config
-        self.pool = pool
-        global _last_tag
-        _last_tag = _last_tag % MAX_TAG + 1
-        self._tag = _last_tag  # every connection's job ids differ from every other's
-        self._set_state("connecting")
-        sock = self.owner.open_socket(pool)
-        self._sock = sock
-        tcp.tune_pool_socket(sock)
-        self._set_state("handshake")
+        sock = self.sock
         sock.settimeout(config.pool_connection_dial_timeout_seconds)
-        sock.sendall(self._handshake(pool.sub_account))
+        sock.sendall(self._handshake(self.pool.sub_account))
         splitter = StreamSplitter(max_line=POOL_MAX_LINE)
         loop = gevent.get_hub().loop
         handshake_deadline = loop.now() + config.pool_connection_dial_timeout_seconds
@@ -330,8 +196,48 @@ class UpstreamSession:
                     self._on_frame(item)
                 else:
                     self._on_line(item)
-            if self._broken:
-                raise OSError(self._broken)
+            if self.broken:
+                raise OSError(self.broken)
+
+    def drain(self, deadline: float) -> None:
+        """Graceful stop: write out what is queued and wait until the pool confirmed it (every share
+        answered and proven read) or `deadline` (loop time)."""
+        loop = gevent.get_hub().loop
+        if self.uplink is not None:
+            self.uplink.flush_now()
+        while self.ready and self.uplink is not None and not self.uplink.settled and loop.now() < deadline:
+            gevent.sleep(DRAIN_POLL_SECONDS)
+
+    def close(self, reason: str) -> List[Miner]:
+        """Forget the connection; unanswered shares get an error. Returns the miners it had. Idempotent."""
+        if self._closed:
+            return []
+        self._closed = True
+        self.ready = False
+        unanswered: List[Tuple[Any, Any]] = []
+        uplink, self.uplink = self.uplink, None
+        if uplink is not None:
+            unconfirmed = uplink.unconfirmed_true
+            if unconfirmed:
+                self.counters.shares_true_unconfirmed_at_loss += unconfirmed
+                log.warning("%s: %d shares answered true since the pool last proved it was reading "
+                            "(its TCP stack acknowledged them) may not have reached it", self.name, unconfirmed)
+            unanswered = uplink.close()
+            self._sent = (uplink.bytes_sent, uplink.frames_sent)
+        self.sock.close()
+        pending, self._awaiting_response = self._awaiting_response, {}
+        unanswered.extend(pending.values())
+        if unanswered:
+            self.counters.shares_refused_upstream_lost += len(unanswered)
+            log.warning("%s: %s; %d shares not confirmed by the pool are answered with an error",
+                        self.name, reason, len(unanswered))
+        for miner, msg_id in unanswered:
+            miner.share_answered(msg_id, stratum.INTERNAL_ERROR)
+        miners = list(self.miners.values())
+        self.miners.clear()
+        for miner in miners:
+            miner.upstream = None
+        return miners
 
     def _handshake(self, sub_account: str) -> bytes:
         caps = ["verrol", SUBRES] if self.config.submit_response_from_server else ["verrol"]
@@ -345,66 +251,18 @@ class UpstreamSession:
 
     def _become_ready(self) -> None:
         self.ready = True
-        self._ready_at = time.time()
-        self._set_state("ready")
-        self._sock.settimeout(self.config.pool_connection_read_timeout_seconds)
-        self.uplink = Uplink(self.name, self._sock, self.config.upstream_flush_delay_ms / 1000.0,
+        self.sock.settimeout(self.config.pool_connection_read_timeout_seconds)
+        self.uplink = Uplink(self.name, self.sock, self.config.upstream_flush_delay_ms / 1000.0,
                              self.config.share_answer_after, self._uplink_broken)
         self.uplink.start()
         log.info("%s: authorized at %s:%d as %s (extranonce1 %s)", self.name, self.pool.host,
                  self.pool.port, self.pool.sub_account, self.extranonce1)
-        self.owner.connection_ready(self)
-
-    def _close_connection(self, reason: str) -> None:
-        """Forget the connection; unanswered shares get an error, miners go back to the pool set."""
-        self.ready = False
-        self._authorized = False
-        self._settling_submit_responses = False
-        self._submit_response_heard = False
-        self._broken = ""
-        unanswered: List[Tuple[Any, Any]] = []
-        uplink, self.uplink = self.uplink, None
-        if uplink is not None:
-            unconfirmed = uplink.unconfirmed_true
-            if unconfirmed:
-                self.counters.shares_true_unconfirmed_at_loss += unconfirmed
-                log.warning("%s: %d shares answered true since the pool last proved it was reading "
-                            "(its TCP stack acknowledged them) may not have reached it", self.name, unconfirmed)
-            unanswered = uplink.close()
-            self._sent_before = (self._sent_before[0] + uplink.bytes_sent, self._sent_before[1] + uplink.frames_sent)
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-        if not self._stopping:
-            self._set_state("connecting")
-        pending, self._awaiting_response = self._awaiting_response, {}
-        unanswered.extend(pending.values())
-        if unanswered:
-            self.counters.shares_refused_upstream_lost += len(unanswered)
-            log.warning("%s: %s; %d shares not confirmed by the pool are answered with an error",
-                        self.name, reason, len(unanswered))
-        for miner, msg_id in unanswered:
-            miner.share_answered(msg_id, stratum.INTERNAL_ERROR)
-        self.difficulty = None
-        self.version_mask = None
-        self.pool_capabilities = ()
-        self.submit_responses = False
-        self.extranonce1 = ""
-        self.last_job = None
-        self._job_ntimes = [None] * 256
-        self._submit_index = 0
-        miners = list(self.miners.values())
-        self.miners.clear()
-        for miner in miners:
-            miner.upstream = None
-        if miners:
-            self.owner.connection_lost(self, miners, reason)
+        self.slot.session_ready()
 
     def _uplink_broken(self, why: str) -> None:
         """The sending half failed: wake the reader so it ends the connection."""
-        self._broken = why
-        if self._sock is not None:
-            self._sock.close()
+        self.broken = why
+        self.sock.close()
 
     # ---- reading -------------------------------------------------------------------------------
 
@@ -460,7 +318,7 @@ class UpstreamSession:
                 # The pool enables submit responses only for an authorized session: ask again now, and serve
                 # miners only once it answered, so every share's answer mode is settled.
                 self._settling_submit_responses = True
-                self._sock.sendall(stratum.request_line(
+                self.sock.sendall(stratum.request_line(
                     "caps_again", "agent.get_capabilities", [["verrol", SUBRES]]))
             elif self.difficulty is not None:
                 self._become_ready()
@@ -519,7 +377,7 @@ class UpstreamSession:
             return
         self._job_ntimes[job.short_id] = job.ntime
         self.last_job = job
-        self.owner.job_seen(job)
+        self.slot.owner.job_seen(job.params)
         started = time.perf_counter()
         self._fan_out(job.line)
         self.counters.observe_fanout(time.perf_counter() - started)
@@ -556,13 +414,3 @@ class UpstreamSession:
             miner, msg_id = entry
             miner.share_answered(msg_id, 0 if status in stratum.ACCEPTED_STATUSES else status)
         # other commands are not for agents; ignore them as the pool does
-
-
-def _describe_error(exc: Exception) -> str:
-    if isinstance(exc, socket.timeout):
-        return "no answer within the timeout; check the pool address and that the pool is up"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused; check the pool address and port"
-    if isinstance(exc, socket.gaierror):
-        return "cannot resolve the pool host name: %s" % exc
-    return str(exc) or exc.__class__.__name__
