@@ -488,7 +488,7 @@ class UpstreamSession:
 
     def _on_set_difficulty(self, params: Any) -> None:
         if self.difficulty is not None:
-            return  # later JSON values are the pool's decaying session artefact (PROTOCOL.md §1.5)
+            return  # later JSON values are the pool's decaying session artefact (docs/protocol.md §6.1)
         value = stratum.parse_difficulty(params[0]) if isinstance(params, list) and params else None
         if value is None:
             # Without a starting difficulty the connection cannot serve: fail the attempt (back-off).

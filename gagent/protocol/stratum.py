@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import simplejson
 
-# Miner-facing error codes (PROTOCOL.md §2) and pool share statuses (§1.6).
+# Miner-facing error codes (docs/protocol.md §5.3) and pool share statuses (§3.6).
 JOB_NOT_FOUND_OR_STALE = 21
 DUPLICATE_SHARE = 22
 LOW_DIFFICULTY = 23
