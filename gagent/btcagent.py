@@ -347,7 +347,7 @@ class BTCAgentSession:
 
     def _on_set_difficulty(self, params: Any) -> None:
         if self.difficulty is not None:
-            return  # later JSON values are the pool's decaying session artefact (PROTOCOL.md §1.5)
+            return  # later JSON values are the pool's decaying session artefact (docs/protocol.md §6.1)
         value = stratum.parse_difficulty(params[0]) if isinstance(params, list) and params else None
         if value is None:
             # Without a starting difficulty the connection cannot serve: fail the attempt (back-off).
@@ -412,5 +412,6 @@ class BTCAgentSession:
                 self._report("unknown-index", "share answer for unknown index %d ignored" % index)
                 return
             miner, msg_id = entry
-            miner.share_answered(msg_id, 0 if status in stratum.ACCEPTED_STATUSES else status)
+            # 0 is the pool's rejection without a reason, never a miner's "no error"
+            miner.share_answered(msg_id, 0 if status in stratum.ACCEPTED_STATUSES else status or stratum.SHARE_REJECTED)
         # other commands are not for agents; ignore them as the pool does

@@ -1,6 +1,6 @@
 """Configuration: the JSON file, environment variables (GAGENT_…) and the command line, validated.
 
-Precedence: command line > environment > config file > defaults. Every key of PROTOCOL.md §4 can be
+Precedence: command line > environment > config file > defaults. Every key of etc/agent_conf.full.json can be
 given in all three places; nested `advanced` keys are flat options (`--pool-connection-number-per-subaccount`).
 """
 import logging

@@ -1,4 +1,4 @@
-"""How a miner's login becomes the worker name the pool sees (PROTOCOL.md §2)."""
+"""How a miner's login becomes the worker name the pool sees (docs/protocol.md §5.4)."""
 from .protocol.stratum import filter_worker_name
 
 DEFAULT_WORKER = "__default__"

@@ -1,4 +1,4 @@
-"""Ex-message codec and stream splitter, checked against the test vectors of PROTOCOL.md."""
+"""Ex-message codec and stream splitter, checked against the test vectors of docs/protocol.md §3.7."""
 import pytest
 
 from gagent.protocol import exmessage as ex

@@ -8,7 +8,7 @@ from gagent.protocol import hashing
 from gagent.protocol.stratum import loads, notification_line, result_line
 from gagent.sim.miner import SimMiner
 
-# PROTOCOL.md §1.8: the job as the pool sent it; gagent appends the pool's extranonce1 to coinb1.
+# docs/protocol.md §4.6: the job as the pool sent it; gagent appends the pool's extranonce1 to coinb1.
 PREVHASH = "4d16b6f85af6e2198f44ae2a6de67f78487ae5611b77c6c0440b921e00000000"
 COINB1 = "01000000010000000000000000000000000000000000000000000000000000000000000000ffffffff2503ef98030400ba7f5a"
 COINB2 = ("0a2f6d792d706f6f6c2fffffffff0100f2052a010000001976a914000000000000000000000000000000000000"
@@ -33,7 +33,7 @@ def share_header(job_params, en2, ntime, nonce, vbits=0):
 
 
 def test_worked_share_vector():
-    """Our header builder reproduces PROTOCOL.md §1.8 (so the checks below mean something)."""
+    """Our header builder reproduces docs/protocol.md §4.6 (so the checks below mean something)."""
     head = share_header(job(), "0000beef", "5a7fba00", "1c9f0a77", 0x00a4c000)
     assert hashing.sha256d(head)[::-1].hex() == \
         "fd3ae6e23ad538ac5fdc7c0a30fa79220581ff90414013dac455004dd5f42ed6"

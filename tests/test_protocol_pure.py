@@ -1,4 +1,4 @@
-"""Pure helpers: share hashing (PROTOCOL.md §1.8), job transform, worker names, session ids, stratum shapes."""
+"""Pure helpers: share hashing (docs/protocol.md §4.6), job transform, worker names, session ids, stratum shapes."""
 import pytest
 
 from gagent.protocol import hashing, stratum

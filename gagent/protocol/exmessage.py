@@ -1,4 +1,4 @@
-"""BTCAgent ex-message codec and the mixed frame/line stream splitter (PROTOCOL.md §1.3).
+"""BTCAgent ex-message codec and the mixed frame/line stream splitter (docs/protocol.md §3).
 
 Frame layout: magic 0x7F | cmd u8 | length u16 LE (whole frame) | body. Integers are little-endian.
 """

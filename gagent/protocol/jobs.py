@@ -1,5 +1,5 @@
-"""Job transforms: a pool's mining.notify as the agent's miners must receive it (PROTOCOL.md §1.2),
-and the fake jobs that keep miners busy while no pool is reachable (§3)."""
+"""Job transforms: a pool's mining.notify as the agent's miners must receive it (docs/protocol.md §4.3),
+and the fake jobs that keep miners busy while no pool is reachable (§5.7)."""
 from typing import Any, List, NamedTuple
 
 from .stratum import is_hex, notification_line, parse_short_job_id

@@ -10,7 +10,8 @@ from typing import Any, Optional
 
 import simplejson
 
-# Miner-facing error codes (PROTOCOL.md §2) and pool share statuses (§1.6).
+# Miner-facing error codes (docs/protocol.md §5.3) and pool share statuses (§3.6).
+SHARE_REJECTED = 20  # stratum's "other": a pool's rejection without a reason (status 0)
 JOB_NOT_FOUND_OR_STALE = 21
 DUPLICATE_SHARE = 22
 LOW_DIFFICULTY = 23
@@ -30,7 +31,7 @@ SOLVED_STALE = 1713984938
 ACCEPTED_STATUSES = frozenset((ACCEPT, ACCEPT_STALE, SOLVED, SOLVED_STALE))
 
 STATUS_MESSAGES = {
-    0: "Share rejected", 21: "Job not found (=stale)", 22: "Duplicate share", 23: "Low difficulty",
+    0: "Share rejected", 20: "Share rejected", 21: "Job not found (=stale)", 22: "Duplicate share", 23: "Low difficulty",
     24: "Unauthorized worker", 25: "Not subscribed", 26: "Illegal method", 27: "Illegal params",
     28: "Ip banned", 29: "Invalid username", 30: "Internal error", 31: "Time too old",
     32: "Time too new", 33: "Invalid version mask", 34: "Invalid Solution", 35: "Wrong Nonce Prefix",

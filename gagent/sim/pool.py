@@ -1,7 +1,7 @@
 """An in-process btcpool-compatible pool simulator (sserver's agent-facing side), built on gevent.
 
-Follows PROTOCOL-SOURCES.md §2.2–§2.4 (handshake), §3 (ex-messages), §4 (share validation order),
-§5 (per-miner difficulty recorded per local job) and §6 (submit responses). One greenlet per agent
+Follows docs/protocol.md §7.1 (handshake), §7.2 (ex-messages), §7.3 (share validation order),
+§7.4 (per-miner difficulty recorded per local job) and §7.5 (submit responses). One greenlet per agent
 connection; shares are hashed synchronously. Nothing here monkey-patches.
 
     python -m gagent.sim.pool --host 127.0.0.1 --port 3334 --difficulty 0.0001 --job-interval 30
@@ -776,7 +776,7 @@ class PoolSimulator(FaultInjection):
             self.on_share(conn, share, status, received)
 
     def validate(self, conn: PoolConnection, share: ex.SubmitShare) -> int:
-        """The status sserver gives `share` on `conn` (§4.5 order); records it for dedup."""
+        """The status sserver gives `share` on `conn` (docs/protocol.md §7.3 order); records it for dedup."""
         local = conn.find_local_job(share.job_id)
         if local is None or share.session_id not in local.diffs:
             return JOB_NOT_FOUND
