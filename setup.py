@@ -13,7 +13,7 @@ setup(
     extras_require={"test": ["pytest>=7", "pytest-timeout>=2.1", "hypothesis>=6.0", "trustme>=1.0",
                             "supervisor>=4.2", "selenium>=4.10", "pproxy>=2.7"]},
     entry_points={"console_scripts": [
-        "gagent = gagent.cli:main",
-        "gagent-sim = gagent.sim.demo:main",
+        "gagent = gagent.entry:main",
+        "gagent-sim = gagent.entry:demo",
     ]},
 )

@@ -1,35 +1,28 @@
 """Opening the TCP connection to a pool: direct or through SOCKS5 / HTTP CONNECT proxies, with or without TLS.
 
-python-socks has no gevent flavour, so its blocking sync API runs in a thread pool of our own while the
-hub keeps serving miners; the finished tunnel is rewrapped as a gevent socket. The pool is not the hub's
-default one because that one also runs every DNS look-up: a few proxies that never answer would otherwise
-stall name resolution for all connections. Every failure becomes a PoolConnectError whose message is one
-line naming the pool, the proxy and the configuration key to change.
+python-socks has no gevent flavour: its blocking sync API cooperates because the entry point
+monkey-patches the socket module (`entry.py`), so a proxy that never answers holds up only its own
+connection; the finished tunnel is rewrapped as a gevent socket. Every failure becomes a PoolConnectError
+whose message is one line naming the pool, the proxy and the configuration key to change.
 
-ssl (with gevent.ssl) and python-socks (with the thread pool) are imported by the first connection that
-uses TLS or a proxy: about 7 MB of resident memory that an agent without either never pays.
+ssl (with gevent.ssl) and python-socks are imported by the first connection that uses TLS or a proxy:
+about 7 MB of resident memory that an agent without either never pays.
 """
 import functools
 import logging
-import weakref
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Sequence, Tuple, Type
 from urllib.parse import unquote, urlsplit
 
 import gevent
-import gevent.monkey
 from gevent import socket
 
 if TYPE_CHECKING:  # pragma: no cover
     import ssl
 
-    from gevent.threadpool import ThreadPool
-
 log = logging.getLogger("gagent.connect")
 
-PROXY_THREADS = 32  # proxy handshakes in flight at once; more wait their turn within their own timeout
 _CHECK_POOL_UP = "the pool address and that the pool is up"
 _SCHEMES = ("socks5", "http")  # python_socks.ProxyType.SOCKS5 and .HTTP
-_thread_pools: "weakref.WeakKeyDictionary[Any, ThreadPool]" = weakref.WeakKeyDictionary()
 
 
 class _Never(Exception):
@@ -179,40 +172,13 @@ def _attempt(host: str, port: int, timeout: float, proxy: Optional[ProxySpec],
 
 
 def _tunnel(proxy: ProxySpec, host: str, port: int, timeout: float) -> "socket.socket":
-    """python-socks' blocking handshake, run off the hub; the tunnel comes back as a gevent socket."""
+    """python-socks' handshake over the patched socket module; the tunnel comes back as a gevent socket."""
     from python_socks import ProxyType
     from python_socks.sync import Proxy
     client = Proxy.create(ProxyType[proxy.scheme.upper()], proxy.host, proxy.port, proxy.username,
                           proxy.password)
-    if gevent.monkey.is_module_patched("socket"):  # python-socks already cooperates
-        raw = client.connect(host, port, timeout=timeout)
-    else:
-        pending = _proxy_thread_pool().spawn(_connect_in_thread, client, host, port, timeout)
-        try:
-            raw, error = pending.get()
-        except BaseException:  # given up on (timeout, kill): close the tunnel whenever it arrives
-            pending.rawlink(lambda result: result.successful() and result.value[0] and result.value[0].close())
-            raise
-        if error is not None:
-            raise error
+    raw = client.connect(host, port, timeout=timeout)
     return socket.socket(fileno=raw.detach())
-
-
-def _connect_in_thread(client: Any, host: str, port: int, timeout: float) -> Any:
-    """(socket, None) or (None, exception): a task that raises has gevent print its traceback to stderr."""
-    try:
-        return client.connect(host, port, timeout=timeout), None
-    except Exception as exc:
-        return None, exc
-
-
-def _proxy_thread_pool() -> "ThreadPool":
-    hub = gevent.get_hub()
-    pool = _thread_pools.get(hub)
-    if pool is None:
-        from gevent.threadpool import ThreadPool
-        pool = _thread_pools[hub] = ThreadPool(PROXY_THREADS, hub=hub)
-    return pool
 
 
 @functools.lru_cache(maxsize=8)

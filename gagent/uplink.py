@@ -1,8 +1,9 @@
 """The sending half of one pool connection: batching frames and deciding when a share is safe to answer.
 
-Miners queue frames (REGISTER/UNREGISTER/SUBMIT) with no I/O. One writer greenlet sends what is queued
-once the flush window has passed since the first frame of the batch, or at once when a full segment
-is waiting, so the farm's uplink carries few, full segments. A share is answered `true` only once it
+Miners put frames (REGISTER/UNREGISTER/SUBMIT) on the connection's gevent queue, with no I/O. One
+writer greenlet takes them off in order and sends the batch once the flush window has passed since
+its first frame, or at once when a full segment is waiting, so the farm's uplink carries few, full
+segments. A share is answered `true` only once it
 is known to have reached the pool, as `advanced.share_answer_after` says:
 
 - "tcp" (default): once the pool's TCP stack acknowledged its bytes (TCP_INFO). A pool's kernel also
@@ -22,6 +23,7 @@ from typing import Any, Callable, Deque, List, Optional, Tuple
 
 import gevent
 from gevent.event import Event
+from gevent.queue import Empty, Queue
 
 from . import tcp
 from .errors import log_unexpected
@@ -51,8 +53,10 @@ class Uplink:
         self.on_broken = on_broken
         self.bytes_sent = 0
         self.frames_sent = 0
-        self._out = bytearray()
-        self._queued = 0                  # bytes ever queued
+        self._queue: Queue = Queue()       # frames (bytes) and shares ((frame, miner, id)) from the miners
+        self._in_queue = 0                # bytes on the queue, not yet taken by the writer
+        self._out = bytearray()           # the batch being gathered: taken off the queue, not yet written
+        self._queued = 0                  # bytes ever taken into a batch
         self._written = 0                 # bytes ever written (on the queued scale)
         self._flush_at: Optional[float] = None  # when the batch in _out leaves
         self._flush_soon = False          # the next batch leaves with its first frame
@@ -65,34 +69,56 @@ class Uplink:
         self._probe_sent_at = -PROBE_TIMEOUT
         self._probe_count = 0
         self._unconfirmed: Deque[Tuple[int, int]] = deque()  # "tcp": (last offset, shares) answered true, not yet proven read
-        self._wake = Event()
-        self._full = Event()
+        self._full = Event()  # the batch (with what is still on the queue) fills a segment
         self._clock = gevent.get_hub().loop.now
         self._greenlet: Optional[gevent.Greenlet] = None
 
     # ---- queueing (called by miners; no I/O) --------------------------------------------------
 
     def queue_frame(self, frame: bytes) -> None:
-        out = self._out
-        out += frame
-        self._queued += len(frame)
-        self.frames_sent += 1
-        if not self._wake.is_set():
-            self._wake.set()
-        if len(out) >= FULL_SEGMENT:
-            self._full.set()
-            if len(out) > MAX_UNSENT_BYTES:
-                self._broken("the pool has not taken %d bytes" % len(out))
+        """Put a frame on the queue for the writer."""
+        self._queue.put_nowait(frame)
+        self._queued_more(len(frame))
 
     def queue_share(self, frame: bytes, miner: Any, msg_id: Any) -> None:
-        """Queue a share the uplink answers itself once it reached the pool."""
-        self.queue_frame(frame)
-        self._awaiting.append((self._queued, miner, msg_id))
+        """Put a share on the queue; the uplink answers it itself once it reached the pool."""
+        self._queue.put_nowait((frame, miner, msg_id))
+        self._queued_more(len(frame))
+
+    def _queued_more(self, size: int) -> None:
+        self.frames_sent += 1
+        waiting = self._in_queue = self._in_queue + size
+        waiting += len(self._out)
+        if waiting >= FULL_SEGMENT:
+            self._full.set()
+            if waiting > MAX_UNSENT_BYTES:
+                self._broken("the pool has not taken %d bytes" % waiting)
+
+    def _take_queued(self) -> None:
+        """Move what the miners queued into the batch, in their order (writer only)."""
+        queue = self._queue
+        out = self._out
+        awaiting = self._awaiting
+        take = queue.get_nowait
+        for _ in range(queue.qsize()):
+            item = take()
+            if item.__class__ is bytes:
+                out += item
+                self._queued += len(item)
+            elif item is not None:  # None only wakes the writer
+                out += item[0]
+                self._queued += len(item[0])
+                awaiting.append((self._queued, item[1], item[2]))
+        self._in_queue = 0
+
+    def _wake(self) -> None:
+        """Have an idle writer look again (it waits on the queue)."""
+        self._queue.put_nowait(None)
 
     @property
     def settled(self) -> bool:
         """Nothing queued, no share waiting for its answer, none answered but not yet proven read."""
-        return not self._out and not self._awaiting and not self._unconfirmed
+        return not self._out and not self._in_queue and not self._awaiting and not self._unconfirmed
 
     @property
     def unconfirmed_true(self) -> int:
@@ -109,6 +135,7 @@ class Uplink:
         if self._greenlet is not None and self._greenlet is not gevent.getcurrent():
             self._greenlet.kill(block=False)
         self._greenlet = None
+        self._take_queued()
         awaiting, self._awaiting = self._awaiting, deque()
         self._out = bytearray()
         self._batches.clear()
@@ -120,7 +147,7 @@ class Uplink:
         self.flush_delay = 0.0
         self._flush_at = None
         self._draining = True
-        self._wake.set()
+        self._wake()
         self._full.set()
 
     def _broken(self, why: str) -> None:
@@ -143,6 +170,8 @@ class Uplink:
                                    % PROBE_TIMEOUT)
                 if self._batches:
                     self._answer_acknowledged(now)
+                if self._queue.qsize():
+                    self._take_queued()
                 out = self._out
                 if out and self._flush_at is None:
                     self._flush_at = now if self._flush_soon else now + self.flush_delay
@@ -150,10 +179,14 @@ class Uplink:
                     self._write(now)
                 elif not out and self._probe_alone_due(now):
                     self._write(now)
+                elif out:
+                    self._full.clear()
+                    self._full.wait(self._wait_timeout(now))
                 else:
-                    event = self._full if out else self._wake
-                    event.clear()
-                    event.wait(self._wait_timeout(now))
+                    try:
+                        self._queue.peek(timeout=self._wait_timeout(now))
+                    except Empty:
+                        pass
         except gevent.GreenletExit:
             raise
         except _Stalled as exc:
@@ -234,7 +267,7 @@ class Uplink:
         if self.answer_after == "pool":
             self._answer_up_to(covers)
             if self._awaiting:
-                self._wake.set()  # shares written after the probe: the writer sends the next one when due
+                self._wake()  # shares written after the probe: the writer sends the next one when due
         else:
             if self._batches:
                 self._answer_acknowledged(self._clock())  # answers held while the probe was overdue
@@ -246,7 +279,7 @@ class Uplink:
             self._flush_at = self._clock() if self._out else None
             self._flush_soon = True
             self._full.set()
-            self._wake.set()  # an idle writer resumes checking acknowledgements it stopped trusting
+            self._wake()  # an idle writer resumes checking acknowledgements it stopped trusting
         return True
 
     # ---- "tcp": kernel acknowledgements --------------------------------------------------------

@@ -1,20 +1,25 @@
 """Shared fixtures: a simulated pool and a running agent on free loopback ports, stopped after each test.
 
 Set GAGENT_TEST_TIMEOUT_SCALE (e.g. 3) on slow machines: every wait in the tests is multiplied by it.
+The standard library is patched as the `gagent` command patches it (gagent/entry.py), first.
 """
-import os
-import resource
-import socket as std_socket
-import subprocess
-import sys
-import time
+from gagent.entry import patch
 
-import gevent
-import pytest
+patch()
 
-from gagent.config import config_from_dict
-from gagent.server import Agent
-from gagent.sim.pool import PoolSimulator
+import os  # noqa: E402
+import resource  # noqa: E402
+import socket as std_socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import gevent  # noqa: E402
+import pytest  # noqa: E402
+
+from gagent.config import config_from_dict  # noqa: E402
+from gagent.server import Agent  # noqa: E402
+from gagent.sim.pool import PoolSimulator  # noqa: E402
 
 SCALE = float(os.environ.get("GAGENT_TEST_TIMEOUT_SCALE", "1"))
 TINY_DIFFICULTY = 1.0 / 65536  # a Python miner finds a share in ~65k hashes

@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 
+import psutil
 import pytest
 
 from conftest import LineClient, free_port, http_request, wait, wait_until
@@ -58,6 +59,24 @@ def test_gagent_serves_miners_logs_to_logdir_and_stops_on_sigterm(pool, tmp_path
     assert "listening for miners on 127.0.0.1:%d" % port in log_text
     assert "authorized at 127.0.0.1:%d as demo" % pool.address[1] in log_text
     assert "status page on http://127.0.0.1:%d/" % http_port in log_text
+
+
+@pytest.mark.timeout(60)
+def test_gagent_runs_no_thread_while_resolving_pool_names(pool, tmp_path):
+    """The entry point sets gevent up as the product's shape says: DNS look-ups on the event loop
+    (c-ares), not in gevent's default thread pool, so the process keeps its single thread."""
+    port, conf = write_agent_conf(tmp_path, pool, connections=3, pools=[["localhost", pool.address[1], "demo"]])
+    process = subprocess.Popen([sys.executable, "-m", "gagent", "-c", str(conf)], stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: len(pool.authorized) == 3, timeout=15), "agent did not connect"
+        client = LineClient(("127.0.0.1", port))
+        client.login("demo.threads")
+        assert wait_until(lambda: any(w[1] == "threads" for c in pool.authorized for w in c.workers.values()))
+        client.close()
+        assert psutil.Process(process.pid).num_threads() == 1
+    finally:
+        process.kill()
+        process.wait(wait(10))
 
 
 def run_gagent(*args):
