@@ -1,7 +1,7 @@
 """Process entry points: patch the standard library for gevent first, then run.
 
-`monkey.patch_all()` makes every blocking call in the process cooperative — sockets, ssl, time.sleep,
-and python-socks' proxy handshakes, which have no gevent flavour of their own — and the c-ares
+`monkey.patch_all()` makes every blocking call in the process cooperative — sockets, time.sleep, and
+python-socks' proxy handshakes, which have no gevent flavour of their own — and the c-ares
 resolver answers DNS look-ups on the event loop, so gagent runs no thread at all.
 """
 from typing import List, Optional
@@ -12,7 +12,9 @@ def patch() -> None:
     from gevent import config, monkey
     if not monkey.is_module_patched("socket"):
         config.resolver = "ares"  # the default resolver runs each look-up in a thread
-        monkey.patch_all()
+        # ssl stays unpatched (and unimported, 4.5 MB) until a pool uses TLS: connect.py builds its TLS
+        # sockets with gevent.ssl itself, which cooperates without the patch.
+        monkey.patch_all(ssl=False)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
