@@ -1,0 +1,219 @@
+"""The plain stratum v1 pool simulator, driven over sockets by a line client and the hashing SimMiner."""
+import re
+import struct
+
+import gevent
+import pytest
+
+from conftest import LineClient, wait
+from gagent.protocol import hashing
+from gagent.sim.miner import SimMiner
+from gagent.sim.stratum_pool import StratumPoolSimulator, build_parser, pool_from_args
+
+EASY = 2.0 ** -24  # a share in about 256 hashes
+USER = "acct.rig1"
+
+
+@pytest.fixture
+def make_pool():
+    pools = []
+
+    def make(**kwargs):
+        kwargs.setdefault("default_difficulty", EASY)
+        sim = StratumPoolSimulator(**kwargs).start()
+        pools.append(sim)
+        return sim
+
+    yield make
+    for sim in pools:
+        sim.stop()
+
+
+@pytest.fixture
+def connect():
+    clients = []
+
+    def make(pool):
+        client = Session(pool.address)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def miners():
+    started = []
+
+    def start(pool, **kwargs):
+        miner = SimMiner("127.0.0.1", pool.address[1], **kwargs).start()
+        started.append(miner)
+        return miner
+
+    yield start
+    for miner in started:
+        miner.stop()
+
+
+def header_prefix(job, en1, en2, vbits=0, mask=0):
+    """The first 76 header bytes a pool builds for a submit on `job` (notify params), BIP310 version."""
+    _, prevhash, coinb1, coinb2, branches, version, nbits, ntime = job[:8]
+    root = hashing.merkle_root(hashing.coinbase(coinb1, en1, en2, coinb2), branches)
+    merged = (int(version, 16) & ~mask) | vbits
+    return hashing.header(merged, prevhash, root, int(ntime, 16), int(nbits, 16), 0)[:76]
+
+
+def search(job, en1, en2, meets, misses=None, vbits=0, mask=0):
+    """(nonce, hash) of the first nonce whose header hash meets difficulty `meets` (None: any) and
+    misses difficulty `misses` (None: no upper bound)."""
+    head = header_prefix(job, en1, en2, vbits, mask)
+    high = hashing.target_for_difficulty(meets) if meets is not None else (1 << 256)
+    low = hashing.target_for_difficulty(misses) if misses is not None else -1
+    for nonce in range(1 << 32):
+        value = hashing.header_hash_int(head + struct.pack("<I", nonce))
+        if low < value <= high:
+            return nonce, value
+    raise AssertionError("no nonce found")
+
+
+class Session(LineClient):
+    """A stratum v1 client that remembers what the pool told it and builds shares by hashing."""
+
+    def __init__(self, address):
+        super().__init__(address)
+        self.en1 = self.size = self.job = None
+        self.mask = 0
+
+    def subscribe(self):
+        result = self.answer(self.request("mining.subscribe", ["test/1.0"]))["result"]
+        self.en1, self.size = result[1], result[2]
+        return result
+
+    def configure(self, mask):
+        conf = self.answer(self.request("mining.configure", [["version-rolling"], {"version-rolling.mask": mask}]))
+        self.mask = int(conf["result"].get("version-rolling.mask", "0"), 16)
+        return conf["result"]
+
+    def authorize(self, user=USER):
+        """Authorize and read up to the first job: the messages seen."""
+        auth = self.request("mining.authorize", [user, "x"])
+        seen = self.read_until(lambda m: m.get("method") == "mining.notify" or m.get("id") == auth)
+        if seen[-1].get("id") == auth and seen[-1]["result"] is True:
+            seen += self.read_until(lambda m: m.get("method") == "mining.notify")
+        if seen[-1].get("method") == "mining.notify":
+            self.job = seen[-1]["params"]
+        return seen
+
+    def login(self, user=USER, mask=None):
+        """Subscribe, configure version rolling when `mask` is given, authorize, read the first job."""
+        self.subscribe()
+        if mask is not None:
+            self.configure(mask)
+        self.authorize(user)
+        assert self.job is not None, "not authorized"
+
+    def next_job(self):
+        """Read up to the next mining.notify: the messages seen."""
+        seen = self.read_until(lambda m: m.get("method") == "mining.notify")
+        self.job = seen[-1]["params"]
+        return seen
+
+    def share(self, meets=EASY, misses=None, en2=1, vbits=0, job=None, en1=None, size=None, user=USER):
+        """(submit params, hash) of a share found by hashing."""
+        job = job or self.job
+        en2_hex = "%0*x" % (2 * (size or self.size), en2)
+        nonce, value = search(job, en1 or self.en1, en2_hex, meets, misses, vbits, self.mask)
+        params = [user, job[0], en2_hex, job[7], "%08x" % nonce]
+        if vbits:
+            params.append("%08x" % vbits)
+        return params, value
+
+    def submit(self, params):
+        return self.answer(self.request("mining.submit", params))
+
+
+def error(code, message):
+    return [code, message, None]
+
+
+@pytest.mark.parametrize("en1_size, en2_size, style, pattern", [
+    (4, 8, "hex", r"[0-9a-f]{16}\Z"), (4, 4, "dashed", r"j-[0-9a-f]{4}-[0-9a-f]+-[0-9a-f]{6}\Z"),
+    (5, 3, "decimal", r"[0-9]+\Z"), (4, 1, "hex", r"[0-9a-f]{16}\Z"), (4, 16, "hex", r"[0-9a-f]{16}\Z")])
+def test_handshake_job_and_a_share_at_every_extranonce_size(make_pool, connect, en1_size, en2_size, style,
+                                                            pattern):
+    pool = make_pool(extranonce1_size=en1_size, extranonce2_size=en2_size, job_id_style=style,
+                     accounts=["acct"])
+    client, other = connect(pool), connect(pool)
+    result = client.subscribe()
+    en1 = client.en1
+    assert result == [[["mining.set_difficulty", en1], ["mining.notify", en1]], en1, en2_size]
+    assert len(en1) == 2 * en1_size and en1 == pool.connections[0].extranonce1
+    other.subscribe()
+    assert other.en1 != en1
+    refused = other.answer(other.request("mining.authorize", ["stranger.rig", "x"]))
+    assert refused["error"] == error(24, "Unauthorized worker")
+    seen = client.authorize()
+    assert seen[-2] == {"id": None, "method": "mining.set_difficulty", "params": [EASY]}
+    job_id, _, _, _, branches, version, nbits, ntime, clean = client.job
+    job = pool.jobs[pool.job_id]
+    assert job_id == pool.job_id and re.match(pattern, job_id)
+    assert len(branches) == 12 and clean is True
+    assert (version, nbits, ntime) == ("%08x" % job.version, "%08x" % job.nbits, "%08x" % job.ntime)
+    params, value = client.share()
+    assert client.submit(params)["result"] is True
+    share = pool.shares[-1]
+    assert share.hash_value == value <= hashing.target_for_difficulty(EASY)
+    assert (share.worker, share.extranonce1, share.extranonce2) == (USER, en1, params[2])
+    wrong = client.share(size=en2_size + 1)[0]
+    assert client.submit(wrong)["error"] == error(20, "Invalid extranonce2 length")
+    assert (pool.stats[USER].accepted, pool.stats[USER].rejected) == (1, 1)
+
+
+@pytest.mark.parametrize("en1_size, en2_size, mask", [(4, 8, 0x1FFFE000), (4, 4, 0x5FFFE000), (5, 3, 0x1FFFE000)])
+def test_hashing_miner_gets_every_share_accepted(make_pool, miners, en1_size, en2_size, mask):
+    difficulty = 2.0 ** -16
+    pool = make_pool(default_difficulty=difficulty, extranonce1_size=en1_size, extranonce2_size=en2_size,
+                     version_mask=mask)
+    miner = miners(pool, username=USER, version_rolling=True, max_shares=4)
+    assert pool.wait_for(lambda: miner.accepted + miner.rejected == 4, wait(20)), miner
+    assert miner.accepted == miner.shares_sent == 4
+    stats = pool.stats[USER]
+    assert (stats.accepted, stats.rejected, stats.difficulty) == (4, 0, 4 * difficulty)
+    target = hashing.target_for_difficulty(difficulty)
+    for share, sent in zip(pool.shares, miner.submitted()):
+        assert share.hash_value <= target and share.extranonce1 == miner.extranonce1
+        assert share.extranonce2 == sent[2] and len(sent[2]) == 2 * en2_size
+        assert share.version_bits == int(sent[5], 16) and share.version_bits & ~mask == 0
+    assert any(share.version_bits for share in pool.shares)
+
+
+def test_rejections_carry_stratum_codes(make_pool, connect):
+    pool = make_pool()
+    client = connect(pool)
+    client.subscribe()
+    early = client.submit([USER, pool.job_id, "00" * 8, "00000000", "00000000"])
+    assert early["error"] == error(24, "Unauthorized worker")
+    client.authorize()
+    target = hashing.target_for_difficulty(EASY)
+    valid, value = client.share()
+    assert value <= target and client.submit(valid)["result"] is True
+    assert pool.shares[-1].hash_value == value
+    assert client.submit(valid)["error"] == error(22, "Duplicate share")
+    low, value = client.share(meets=None, misses=EASY, en2=2)
+    assert value > target and client.submit(low)["error"] == error(23, "Low difficulty share")
+    unknown = [USER, "00000000deadbeef"] + valid[2:]
+    assert client.submit(unknown)["error"] == error(21, "Job not found")
+    late = valid[:3] + ["%08x" % (int(valid[3], 16) + 601), valid[4]]
+    assert client.submit(late)["error"] == error(20, "Ntime out of range")
+    rolled, _ = client.share(en2=3, vbits=0x2000)  # no mining.configure: no bit may roll
+    assert client.submit(rolled)["error"] == error(20, "Invalid version mask")
+    old = client.share(en2=4)[0]
+    pool.new_job(clean=True)
+    client.next_job()
+    assert client.submit(old)["error"] == error(21, "Stale share")
+    assert client.submit(client.share(en2=4)[0])["result"] is True
+    assert pool.statuses == {"accepted": 2, "unauthorized": 1, "duplicate": 1, "low_difficulty": 1,
+                             "job_not_found": 1, "bad_ntime": 1, "bad_version": 1, "stale": 1}
+    assert pool.stats[USER].reasons["stale"] == 1 and pool.rejected_shares() == 7
