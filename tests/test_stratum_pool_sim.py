@@ -217,3 +217,44 @@ def test_rejections_carry_stratum_codes(make_pool, connect):
     assert pool.statuses == {"accepted": 2, "unauthorized": 1, "duplicate": 1, "low_difficulty": 1,
                              "job_not_found": 1, "bad_ntime": 1, "bad_version": 1, "stale": 1}
     assert pool.stats[USER].reasons["stale"] == 1 and pool.rejected_shares() == 7
+
+
+def test_vardiff_raises_for_later_jobs_and_judges_older_jobs_at_their_difficulty(make_pool, connect):
+    pool = make_pool(vardiff_target=60, vardiff_interval=0.3, max_difficulty=3 * EASY)
+    client = connect(pool)
+    client.login()
+    for en2 in range(10):  # two worker names: the rate is the connection's
+        params, _ = client.share(en2=en2, user=("acct.rig1", "acct.rig2")[en2 % 2])
+        assert client.submit(params)["result"] is True
+    gevent.sleep(0.3)
+    assert client.submit(client.share(en2=10)[0])["result"] is True
+    raised = client.read_until(lambda m: m.get("method") == "mining.set_difficulty")[-1]["params"][0]
+    assert raised == 3 * EASY == pool.connections[0].difficulty  # far over the target, capped
+    params, value = client.share(meets=EASY, misses=raised, en2=11)  # still the first job
+    assert client.submit(params)["result"] is True
+    assert pool.shares[-1].difficulty == EASY and pool.shares[-1].hash_value == value
+    pool.new_job()
+    client.next_job()
+    assert pool.connections[0].jobs[client.job[0]].difficulty == raised
+    params, value = client.share(meets=EASY, misses=raised, en2=12)
+    assert value > hashing.target_for_difficulty(raised)
+    assert client.submit(params)["error"] == error(23, "Low difficulty share")
+    params, value = client.share(meets=raised, en2=13)
+    assert client.submit(params)["result"] is True
+    assert pool.shares[-1].difficulty == raised and pool.shares[-1].hash_value == value
+    stats = pool.stats[USER]
+    assert (stats.accepted, stats.rejected, stats.difficulty) == (13, 1, 12 * EASY + raised)
+    assert "acct.rig2" not in pool.stats
+
+
+def test_vardiff_lowers_an_idle_connection_down_to_min_difficulty(make_pool, connect):
+    pool = make_pool(vardiff_target=60, vardiff_interval=0.1, min_difficulty=EASY / 2)
+    client = connect(pool)
+    client.login()
+    gevent.sleep(0.15)
+    pool.new_job()
+    seen = client.next_job()
+    assert seen[-2] == {"id": None, "method": "mining.set_difficulty", "params": [EASY / 2]}
+    assert pool.connections[0].jobs[client.job[0]].difficulty == EASY / 2
+    params, value = client.share(meets=EASY / 2, misses=EASY)
+    assert client.submit(params)["result"] is True and pool.shares[-1].difficulty == EASY / 2
