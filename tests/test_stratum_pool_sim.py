@@ -258,3 +258,37 @@ def test_vardiff_lowers_an_idle_connection_down_to_min_difficulty(make_pool, con
     assert pool.connections[0].jobs[client.job[0]].difficulty == EASY / 2
     params, value = client.share(meets=EASY / 2, misses=EASY)
     assert client.submit(params)["result"] is True and pool.shares[-1].difficulty == EASY / 2
+
+
+@pytest.mark.parametrize("mode, answer, credited", [
+    ("error", {"result": None, "error": error(25, "Not subscribed")}, "acct.a"),
+    ("silent", None, "acct.a"),
+    ("last_wins", {"result": True, "error": None}, "acct.b")])
+def test_second_authorize(make_pool, connect, mode, answer, credited):
+    pool = make_pool(second_authorize=mode)
+    client = connect(pool)
+    client.login("acct.a")
+    again = client.request("mining.authorize", ["acct.b", "x"])
+    params, value = client.share(user="acct.a")  # the first name, after the second authorize
+    submit = client.request("mining.submit", params)
+    first = client.read()
+    if answer is None:  # never answered: the next line is the submit's answer
+        assert first["id"] == submit
+    else:
+        assert first == dict(answer, id=again)
+        first = client.read()
+    assert first == {"id": submit, "result": True, "error": None}
+    other, _ = client.share(en2=2, user="acct.b")
+    assert client.submit(other)["result"] is True
+    assert [(s.worker, s.submitted_as) for s in pool.shares] == [(credited, "acct.a"), (credited, "acct.b")]
+    assert pool.stats[credited].accepted == 2 and list(pool.stats) == [credited]
+    assert pool.shares[-1].hash_value == search(client.job, client.en1, other[2], EASY)[1]
+
+
+def test_strict_worker_names_refuse_a_name_never_authorized(make_pool, connect):
+    pool = make_pool(strict_worker_names=True)
+    client = connect(pool)
+    client.login("acct.a")
+    assert client.submit(client.share(user="acct.b")[0])["error"] == error(24, "Unauthorized worker")
+    assert client.submit(client.share(en2=2, user="acct.a")[0])["result"] is True
+    assert pool.stats["acct.a"].accepted == 1 and pool.stats["acct.a"].reasons == {"unauthorized": 1}
