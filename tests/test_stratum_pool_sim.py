@@ -292,3 +292,52 @@ def test_strict_worker_names_refuse_a_name_never_authorized(make_pool, connect):
     assert client.submit(client.share(user="acct.b")[0])["error"] == error(24, "Unauthorized worker")
     assert client.submit(client.share(en2=2, user="acct.a")[0])["result"] is True
     assert pool.stats["acct.a"].accepted == 1 and pool.stats["acct.a"].reasons == {"unauthorized": 1}
+
+
+def test_set_extranonce_then_shares_checked_with_the_new_extranonce1(make_pool, connect):
+    pool = make_pool()
+    client, bystander = connect(pool), connect(pool)
+    client.login()
+    bystander.login()
+    xnsub = client.answer(client.request("mining.extranonce.subscribe", []))
+    assert xnsub == {"id": 3, "result": True, "error": None}
+    old_en1, old_size = client.en1, client.size
+    pool.set_extranonce(None, size=4)  # None: only connections that subscribed to it
+    params = client.read_until(lambda m: m.get("method") == "mining.set_extranonce")[-1]["params"]
+    client.en1, client.size = params
+    assert client.size == 4 and client.en1 != old_en1 and client.en1 == pool.connections[0].extranonce1
+    assert pool.connections[1].extranonce1 == bystander.en1
+    fresh, value = client.share()
+    assert client.submit(fresh)["result"] is True
+    assert (pool.shares[-1].extranonce1, pool.shares[-1].hash_value) == (client.en1, value)
+    stale_size = client.share(en1=old_en1, size=old_size, en2=2)[0]
+    assert client.submit(stale_size)["error"] == error(20, "Invalid extranonce2 length")
+    # a nonce that makes a share with the old extranonce1 but not with the new one
+    target = hashing.target_for_difficulty(EASY)
+    old_head, new_head = (header_prefix(client.job, en1, "00000003") for en1 in (old_en1, client.en1))
+    nonce = next(n for n in range(1 << 32) if hashing.header_hash_int(old_head + struct.pack("<I", n))
+                 <= target < hashing.header_hash_int(new_head + struct.pack("<I", n)))
+    params = [USER, client.job[0], "00000003", client.job[7], "%08x" % nonce]
+    assert client.submit(params)["error"] == error(23, "Low difficulty share")
+    pool.set_extranonce(pool.connections[1], en1="00c0ffee")  # a given connection: even without xnsub
+    assert bystander.read_until(lambda m: m.get("method") == "mining.set_extranonce")[-1]["params"] == [
+        "00c0ffee", 8]
+
+
+def test_version_mask_5fffe000_as_antpool(make_pool, connect):
+    pool = make_pool(version_mask=0x5FFFE000)
+    wide, narrow = connect(pool), connect(pool)
+    wide.subscribe()
+    assert wide.configure("ffffffff") == {"version-rolling": True, "version-rolling.mask": "5fffe000"}
+    wide.authorize()
+    narrow.login(mask="1fffe000")
+    assert narrow.mask == 0x1FFFE000
+    params, value = wide.share(vbits=0x40002000)  # bit 30: inside 5fffe000 only; hashed as BIP310
+    assert wide.submit(params)["result"] is True
+    share = pool.shares[-1]
+    assert (share.version_bits, share.hash_value) == (0x40002000, value)
+    outside, _ = wide.share(en2=2, vbits=0x80000000)
+    assert wide.submit(outside)["error"] == error(20, "Invalid version mask")
+    not_granted, _ = narrow.share(vbits=0x40000000)  # this connection negotiated 1fffe000
+    assert narrow.submit(not_granted)["error"] == error(20, "Invalid version mask")
+    assert pool.statuses == {"accepted": 1, "bad_version": 2}
