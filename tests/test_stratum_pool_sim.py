@@ -341,3 +341,73 @@ def test_version_mask_5fffe000_as_antpool(make_pool, connect):
     not_granted, _ = narrow.share(vbits=0x40000000)  # this connection negotiated 1fffe000
     assert narrow.submit(not_granted)["error"] == error(20, "Invalid version mask")
     assert pool.statuses == {"accepted": 1, "bad_version": 2}
+
+
+def test_ping_reconnect_and_unknown_methods(make_pool, connect):
+    pool = make_pool()
+    client = connect(pool)
+    client.login()
+    conn = pool.connections[0]
+    pool.ping(conn)
+    ping = client.read()
+    assert ping == {"id": "ping-1", "method": "mining.ping", "params": []}
+    client.send_raw(b'{"id":"ping-1","result":"pong","error":null}\n')
+    assert pool.wait_for(lambda: conn.replies)
+    assert conn.replies == [{"id": "ping-1", "result": "pong", "error": None}]
+    assert client.answer(client.request("mining.ping", [])) == {"id": 3, "result": "pong", "error": None}
+    assert client.answer(client.request("mining.frobnicate", []))["error"] == error(20, "Unknown method")
+    pool.reconnect()
+    pool.reconnect(conn, host="pool.example", port=3334, wait=5)
+    assert client.read() == {"id": None, "method": "client.reconnect", "params": []}
+    assert client.read() == {"id": None, "method": "client.reconnect", "params": ["pool.example", 3334, 5]}
+    pool.send_raw_all(b'{"id":null,"method":"client.show_message","params":["hi"]}\n')
+    assert client.read()["method"] == "client.show_message"
+    assert client.submit(client.share()[0])["result"] is True  # the connection lives on
+
+
+def test_fault_injection_and_restart(make_pool, connect):
+    pool = make_pool()
+    client = connect(pool)
+    client.login()
+    pool.force_status(37)
+    params, _ = client.share()
+    assert client.submit(params)["error"] == error(37, "Stale share")
+    assert pool.statuses == {"forced": 1} and not pool.shares
+    address = pool.address
+    pool.reset(pool.connections[0])
+    assert client.read() is None
+    assert pool.wait_for(lambda: pool.disconnects == 1)
+    pool.stop()
+    pool.start()
+    again = connect(pool)
+    again.login()
+    assert pool.address == address and pool.connections_total == 2 and len(pool.connect_times) == 2
+    assert again.submit(again.share()[0])["result"] is True
+
+
+def test_command_line_builds_the_simulator():
+    args = build_parser().parse_args([
+        "--port", "0", "--extranonce1-size", "5", "--extranonce2-size", "3", "--version-mask", "5fffe000",
+        "--account", "a", "--account", "b", "--job-id-style", "dashed", "--branches", "3",
+        "--second-authorize", "last_wins", "--vardiff-target", "20", "--vardiff-interval", "60",
+        "--min-difficulty", "1", "--job-interval", "0"])
+    pool = pool_from_args(args)
+    assert (pool.port, pool.extranonce1_size, pool.extranonce2_size, pool.version_mask) == (0, 5, 3, 0x5FFFE000)
+    assert (pool.accounts, pool.job_id_style, pool.branches, pool.second_authorize) == (
+        {"a", "b"}, "dashed", 3, "last_wins")
+    assert (pool.vardiff_target, pool.vardiff_interval, pool.min_difficulty, pool.job_interval) == (20, 60, 1, None)
+    with pytest.raises(ValueError):
+        pool_from_args(build_parser().parse_args(["--extranonce2-size", "17"]))
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--second-authorize", "maybe"])
+
+
+def test_job_interval_makes_new_jobs(make_pool, connect):
+    pool = make_pool(job_interval=0.05, branches=2)
+    client = connect(pool)
+    client.login()
+    first = client.job
+    client.next_job()
+    assert client.job[0] != first[0] and client.job[8] is False and len(client.job[4]) == 2
+    assert client.job[1] == first[1]  # same block: the first job is not stale
+    assert client.submit(client.share(job=first)[0])["result"] is True
