@@ -1,6 +1,9 @@
 """The plain stratum v1 pool simulator, driven over sockets by a line client and the hashing SimMiner."""
 import re
+import signal
 import struct
+import subprocess
+import sys
 
 import gevent
 import pytest
@@ -33,8 +36,8 @@ def make_pool():
 def connect():
     clients = []
 
-    def make(pool):
-        client = Session(pool.address)
+    def make(pool_or_address):
+        client = Session(getattr(pool_or_address, "address", pool_or_address))
         clients.append(client)
         return client
 
@@ -85,6 +88,12 @@ class Session(LineClient):
         super().__init__(address)
         self.en1 = self.size = self.job = None
         self.mask = 0
+        self.seen = []  # every message read, in order
+
+    def read(self, timeout: float = 5.0):
+        msg = super().read(timeout)
+        self.seen.append(msg)
+        return msg
 
     def subscribe(self):
         result = self.answer(self.request("mining.subscribe", ["test/1.0"]))["result"]
@@ -99,11 +108,9 @@ class Session(LineClient):
     def authorize(self, user=USER):
         """Authorize and read up to the first job: the messages seen."""
         auth = self.request("mining.authorize", [user, "x"])
-        seen = self.read_until(lambda m: m.get("method") == "mining.notify" or m.get("id") == auth)
-        if seen[-1].get("id") == auth and seen[-1]["result"] is True:
-            seen += self.read_until(lambda m: m.get("method") == "mining.notify")
-        if seen[-1].get("method") == "mining.notify":
-            self.job = seen[-1]["params"]
+        seen = self.read_until(lambda m: m.get("id") == auth)
+        if seen[-1]["result"] is True:
+            seen += self.next_job()
         return seen
 
     def login(self, user=USER, mask=None):
@@ -228,14 +235,17 @@ def test_vardiff_raises_for_later_jobs_and_judges_older_jobs_at_their_difficulty
         assert client.submit(params)["result"] is True
     gevent.sleep(0.3)
     assert client.submit(client.share(en2=10)[0])["result"] is True
-    raised = client.read_until(lambda m: m.get("method") == "mining.set_difficulty")[-1]["params"][0]
-    assert raised == 3 * EASY == pool.connections[0].difficulty  # far over the target, capped
+    conn = pool.connections[0]
+    assert pool.wait_for(lambda: conn.difficulty > EASY)
+    raised = conn.difficulty
+    assert raised == 3 * EASY  # far over the target: raised, up to max_difficulty
     params, value = client.share(meets=EASY, misses=raised, en2=11)  # still the first job
     assert client.submit(params)["result"] is True
     assert pool.shares[-1].difficulty == EASY and pool.shares[-1].hash_value == value
     pool.new_job()
     client.next_job()
-    assert pool.connections[0].jobs[client.job[0]].difficulty == raised
+    changes = [m["params"] for m in client.seen if m.get("method") == "mining.set_difficulty"]
+    assert changes == [[EASY], [raised]] and conn.jobs[client.job[0]].difficulty == raised
     params, value = client.share(meets=EASY, misses=raised, en2=12)
     assert value > hashing.target_for_difficulty(raised)
     assert client.submit(params)["error"] == error(23, "Low difficulty share")
@@ -360,8 +370,9 @@ def test_ping_reconnect_and_unknown_methods(make_pool, connect):
     pool.reconnect(conn, host="pool.example", port=3334, wait=5)
     assert client.read() == {"id": None, "method": "client.reconnect", "params": []}
     assert client.read() == {"id": None, "method": "client.reconnect", "params": ["pool.example", 3334, 5]}
-    pool.send_raw_all(b'{"id":null,"method":"client.show_message","params":["hi"]}\n')
-    assert client.read()["method"] == "client.show_message"
+    pool.send_raw(conn, b'{"id":null,"method":"client.show_message","params":["hi"]}\n')
+    pool.send_raw_all(b'{"id":null,"method":"client.get_version","params":[]}\n')
+    assert [client.read()["method"] for _ in range(2)] == ["client.show_message", "client.get_version"]
     assert client.submit(client.share()[0])["result"] is True  # the connection lives on
 
 
@@ -373,6 +384,12 @@ def test_fault_injection_and_restart(make_pool, connect):
     params, _ = client.share()
     assert client.submit(params)["error"] == error(37, "Stale share")
     assert pool.statuses == {"forced": 1} and not pool.shares
+    pool.stop_reading(pool.connections[0])
+    submit = client.request("mining.submit", client.share(en2=2)[0])
+    gevent.sleep(0.2)
+    assert pool.shares_received == 1
+    pool.resume_reading(pool.connections[0])
+    assert client.answer(submit)["result"] is True
     address = pool.address
     pool.reset(pool.connections[0])
     assert client.read() is None
@@ -411,3 +428,24 @@ def test_job_interval_makes_new_jobs(make_pool, connect):
     assert client.job[0] != first[0] and client.job[8] is False and len(client.job[4]) == 2
     assert client.job[1] == first[1]  # same block: the first job is not stale
     assert client.submit(client.share(job=first)[0])["result"] is True
+
+
+def test_runs_from_the_command_line(connect):
+    process = subprocess.Popen([sys.executable, "-m", "gagent.sim.stratum_pool", "--port", "0", "--difficulty",
+                                str(EASY), "--extranonce2-size", "4", "--report-every", "0.1"],
+                               stderr=subprocess.PIPE)
+    try:
+        line = process.stderr.readline().decode()
+        port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)", line).group(1))
+        client = connect(("127.0.0.1", port))
+        client.login()
+        assert client.size == 4 and client.submit(client.share()[0])["result"] is True
+        while "1 accepted" not in line:
+            line = process.stderr.readline().decode()
+            assert line, "no count line"
+        process.send_signal(signal.SIGINT)
+        assert process.wait(wait(10)) == 0
+    finally:
+        process.kill()
+        process.wait()
+        process.stderr.close()
