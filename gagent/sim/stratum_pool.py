@@ -190,10 +190,13 @@ class StratumPoolSimulator(FaultInjection):
     22 "duplicate" (an invalid share also takes its slot, as in btcpool); ntime before the job's
     minimum time or over 600 s after its ntime 20 "bad_ntime"; version bits outside the mask 20
     "bad_version"; hash above the job's target 23 "low_difficulty". The fault injection actions of
-    faults.py work here too; `force_status(code)` answers valid shares with that error code.
+    faults.py work here too; `force_status(code)` answers valid shares with that error code, and
+    `recv_buffer_size` (SO_RCVBUF of accepted sockets) makes a `stop_reading` pool block the
+    client's writes sooner.
 
-    `stats` maps the credited worker name to WorkerStats, `shares` lists every accepted Share,
-    `statuses` counts verdicts by reason ("accepted" for accepted ones).
+    `stats` maps the credited worker name (before authorize: the name in the submit) to
+    WorkerStats, `shares` lists every accepted Share, `statuses` counts verdicts by reason
+    ("accepted" for accepted ones).
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, default_difficulty: float = 1.0,
