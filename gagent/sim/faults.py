@@ -1,8 +1,8 @@
 """Fault injection for the pool simulator: the pool troubles an agent must survive.
 
-`FaultInjection` is a mixin of `PoolSimulator` (pool.py): the actions a test triggers while the pool
-runs. The handshake faults and hostile first messages are modes, keyword arguments of
-`PoolSimulator.__init__`, because they act inside the handshake handlers.
+`FaultInjection` is a mixin of `PoolSimulator` (pool.py) and `StratumPoolSimulator` (stratum_pool.py):
+the actions a test triggers while the pool runs. The handshake faults and hostile first messages are
+modes, keyword arguments of `PoolSimulator.__init__`, because they act inside the handshake handlers.
 
 - refusing connects (`pause_listening` / `resume_listening`): a pool host that is up but whose
   sserver is down answers every connect with RST (ECONNREFUSED), while sessions already open live on.
@@ -17,7 +17,7 @@ runs. The handshake faults and hostile first messages are modes, keyword argumen
 """
 import collections
 import logging
-from typing import Any, Deque, List, Optional, Tuple
+from typing import Any, Deque, List, Optional, Sequence, Tuple
 
 import gevent
 import simplejson
@@ -25,7 +25,8 @@ from gevent.server import StreamServer
 
 from ..protocol import stratum
 
-PoolConnection = Any  # pool.PoolConnection: pool.py imports this module, so not the other way round
+# pool.PoolConnection or stratum_pool.StratumConnection: both modules import this one, not the other way round
+Connection = Any
 
 log = logging.getLogger("gagent.sim.pool")
 
@@ -43,10 +44,10 @@ def raw_set_difficulty_line(value: Any) -> bytes:
 
 
 class FaultInjection:
-    """Actions that break what the agent sees of the pool; mixed into PoolSimulator."""
+    """Actions that break what the agent sees of the pool; mixed into both pool simulators."""
 
-    # provided by PoolSimulator
-    connections: List[PoolConnection]
+    # provided by the simulator
+    connections: Sequence[Connection]
     _running: bool
     _server: Optional[StreamServer]
 
@@ -86,7 +87,7 @@ class FaultInjection:
 
     # ---- drops --------------------------------------------------------------------------------
 
-    def reset(self, conn: PoolConnection) -> None:
+    def reset(self, conn: Connection) -> None:
         """Abort one connection with a TCP RST (SO_LINGER {1, 0}, then close)."""
         conn.close(rst=True)
 
@@ -120,7 +121,7 @@ class FaultInjection:
 
     # ---- reading ------------------------------------------------------------------------------
 
-    def stop_reading(self, conn: Optional[PoolConnection] = None) -> None:
+    def stop_reading(self, conn: Optional[Connection] = None) -> None:
         """Stop reading `conn`; None: every connection, including those accepted until
         `resume_reading()`. A chunk whose recv was already waiting is held back unprocessed."""
         if conn is None:
@@ -132,7 +133,7 @@ class FaultInjection:
             if not target.closed:
                 target.reading.clear()
 
-    def resume_reading(self, conn: Optional[PoolConnection] = None) -> None:
+    def resume_reading(self, conn: Optional[Connection] = None) -> None:
         """Read `conn` again; None: every connection, and new ones are read from the start."""
         if conn is None:
             self.reading_stopped = False

@@ -16,7 +16,7 @@ import ssl
 import struct
 import time
 from typing import (Any, Callable, Collection, Counter, Dict, Iterable, List, Mapping, NamedTuple,
-                    Optional, Sequence, Set, Tuple)
+                    Optional, Sequence, Set, Tuple, Union)
 
 import gevent
 import gevent.event
@@ -77,10 +77,11 @@ class Job:
         self.ntime = ntime
         self.min_time = ntime - MIN_TIME_BEFORE_NTIME
 
-    def notify_line(self, short_id: int, clean: bool) -> bytes:
-        """The notify exactly as sserver writes it for an agent session."""
+    def notify_line(self, job_id: Union[int, str], clean: bool) -> bytes:
+        """The notify exactly as sserver writes it for an agent session (or a stratum pool under
+        its own job id)."""
         return stratum.notification_line("mining.notify", [
-            str(short_id), self.prevhash, self.coinb1, self.coinb2, self.branches,
+            str(job_id), self.prevhash, self.coinb1, self.coinb2, self.branches,
             "%08x" % self.version, "%08x" % self.nbits, "%08x" % self.ntime, clean])
 
 
@@ -229,6 +230,38 @@ def _varint(n: int) -> bytes:
     return b"\xfd" + struct.pack("<H", n)
 
 
+def coinbase_parts(height: int, extranonce_size: int, extra: bytes = b"") -> Tuple[str, str]:
+    """coinb1/coinb2 of a real-looking coinbase whose scriptSig holds `extranonce_size` bytes
+    (extranonce1 + extranonce2) between them."""
+    head = b"\x03" + struct.pack("<I", height)[:3] + b"\x04" + struct.pack("<I", int(time.time()))
+    tail = extra + b"\x0a/gagent-sim/"
+    script_len = len(head) + extranonce_size + len(tail)
+    coinb1 = (struct.pack("<I", 1) + b"\x01" + b"\0" * 32 + b"\xff\xff\xff\xff"
+              + _varint(script_len) + head)
+    coinb2 = (tail + b"\xff\xff\xff\xff" + b"\x01" + struct.pack("<Q", 625000000)
+              + b"\x19\x76\xa9\x14" + os.urandom(20) + b"\x88\xac" + b"\0\0\0\0")
+    return coinb1.hex(), coinb2.hex()
+
+
+def open_listener(host: str, port: int, recv_buffer_size: Optional[int] = None) -> socket.socket:
+    """A listening TCP socket on (host, port), SO_REUSEADDR set (bind again while connections
+    accepted on an old listener live on); `recv_buffer_size` sets SO_RCVBUF, which accepted
+    sockets inherit."""
+    family, _, _, _, sockaddr = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, 0,
+                                                   socket.AI_PASSIVE)[0]
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if recv_buffer_size:  # must precede listen()
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, recv_buffer_size)
+        listener.bind(sockaddr)
+        listener.listen(LISTEN_BACKLOG)
+    except OSError:
+        listener.close()
+        raise
+    return listener
+
+
 def _json_id(value: Any) -> Any:
     """sserver echoes integer and string ids; anything else becomes null."""
     if isinstance(value, (int, str)) and not isinstance(value, bool):
@@ -354,20 +387,7 @@ class PoolSimulator(FaultInjection):
     def _listen(self) -> None:
         """Open the listening socket (on the port bound before, if any) and accept on it."""
         host, port = self._bound if self._bound is not None else (self.host, self.port)
-        family, _, _, _, sockaddr = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, 0,
-                                                       socket.AI_PASSIVE)[0]
-        listener = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            # SO_REUSEADDR: bind again while connections accepted on the old listener live on
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if self.recv_buffer_size:  # inherited by accepted sockets; must precede listen()
-                listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.recv_buffer_size)
-            listener.bind(sockaddr)
-            listener.listen(LISTEN_BACKLOG)
-        except OSError:
-            listener.close()
-            raise
-        self._server = StreamServer(listener, self._handle)
+        self._server = StreamServer(open_listener(host, port, self.recv_buffer_size), self._handle)
         self._server.start()
         self._bound = tuple(self._server.address[:2])  # type: ignore[assignment]
 
@@ -454,7 +474,7 @@ class PoolSimulator(FaultInjection):
             self.height += 1
             self._prevhash = os.urandom(32).hex()
         self.jobs_created += 1
-        coinb1, coinb2 = self._coinbase_parts(coinbase_extra)
+        coinb1, coinb2 = coinbase_parts(self.height, 4 + self.extranonce2_size, coinbase_extra)
         job = Job(self.jobs_created, self.height, self._prevhash, coinb1, coinb2,
                   [os.urandom(32).hex() for _ in range(branches)], 0x20000000, 0x1D00FFFF,
                   int(time.time()))
@@ -484,17 +504,6 @@ class PoolSimulator(FaultInjection):
             if sid in conn.workers:
                 conn.diffs[sid] = float(2 ** exp)
         return ex.encode_mining_set_diff(exp, sids) if sids else b""
-
-    def _coinbase_parts(self, extra: bytes) -> Tuple[str, str]:
-        """coinb1/coinb2 of a real-looking coinbase whose scriptSig holds 4+8 extranonce bytes."""
-        head = b"\x03" + struct.pack("<I", self.height)[:3] + b"\x04" + struct.pack("<I", int(time.time()))
-        tail = extra + b"\x0a/gagent-sim/"
-        script_len = len(head) + 4 + self.extranonce2_size + len(tail)
-        coinb1 = (struct.pack("<I", 1) + b"\x01" + b"\0" * 32 + b"\xff\xff\xff\xff"
-                  + _varint(script_len) + head)
-        coinb2 = (tail + b"\xff\xff\xff\xff" + b"\x01" + struct.pack("<Q", 625000000)
-                  + b"\x19\x76\xa9\x14" + os.urandom(20) + b"\x88\xac" + b"\0\0\0\0")
-        return coinb1.hex(), coinb2.hex()
 
     def _send_job(self, conn: PoolConnection, job: Job, clean: bool, prefix: bytes = b"") -> None:
         """Record a local job on `conn` (with each miner's current difficulty) and send its notify."""
