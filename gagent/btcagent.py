@@ -18,9 +18,9 @@ from .protocol import stratum
 from .protocol.exmessage import (CMD_MINING_SET_DIFF, CMD_SUBMIT_RESPONSE, Frame, ProtocolError,
                                  StreamSplitter, decode_mining_set_diff, decode_submit_response,
                                  encode_register_worker, encode_submit_share, encode_unregister_worker)
-from .protocol.jobs import MAX_TAG, AgentJob, JobError, agent_notify, parse_miner_job_id
+from .protocol.jobs import AgentJob, JobError, agent_notify, parse_miner_job_id
 from .protocol.stratum import JOB_NOT_FOUND_OR_STALE
-from .slot import AuthorizationRefused, PoolRefused, Reconnect
+from .slot import AuthorizationRefused, PoolRefused, Reconnect, new_connection_tag
 from .uplink import Uplink
 from .upstream_api import QUEUED, Miner
 
@@ -41,14 +41,10 @@ SUBRES = "subres"  # the capability by which a pool offers submit responses (an 
 SUBMIT_RESPONSE_SILENCE_SECONDS = 10.0  # offered, yet no share answered for this long: answer on write
 
 
-_last_tag = 0  # connection tags, process-wide, 1..MAX_TAG cycling
-
-
 class BTCAgentSession:
     """One connected pool socket speaking the BTCAgent protocol (a `upstream_api.ProtocolSession`)."""
 
     def __init__(self, slot: "UpstreamSlot", pool: "PoolEntry", sock: Any) -> None:
-        global _last_tag
         self.slot = slot
         self.config = slot.config
         self.counters = slot.counters
@@ -66,8 +62,7 @@ class BTCAgentSession:
         self.broken = ""  # why the sending half failed, if it did
         self.uplink: Optional[Uplink] = None   # the sending half, while ready
         self._sent = (0, 0)  # bytes and frames the uplink sent, once it is closed
-        _last_tag = _last_tag % MAX_TAG + 1
-        self._tag = _last_tag  # every connection's job ids differ from every other's
+        self._tag = new_connection_tag()
         self._job_ntimes: List[Optional[int]] = [None] * 256
         self._submit_index = 0
         self._awaiting_response: Dict[int, Tuple[Miner, Any]] = {}  # share index -> (miner, id)
@@ -101,10 +96,16 @@ class BTCAgentSession:
     def frames_sent(self) -> int:
         return self.uplink.frames_sent if self.uplink else self._sent[1]
 
+    def can_take(self, miner: Miner) -> bool:
+        """Every miner fits: its session id is its extranonce1."""
+        return True
+
     def attach(self, miner: Miner) -> None:
         """Register the miner upstream and give it version mask, difficulty and the job (clean)."""
         if miner.closed:
             return  # a miner that left while being placed must never be registered
+        if not miner.fit_extranonce(4, 4):  # subscribed while a plain stratum pool set the layout
+            return
         self.miners[miner.session_id] = miner
         miner.upstream = self
         job = self.last_job

@@ -20,9 +20,24 @@ class ConfigError(ValueError):
 
 
 class PoolEntry(NamedTuple):
+    """One pool of the `pools` list. `host` has no scheme; `kind` is "btcagent" (a bare host) or "stratum"
+    (`stratum+tcp://`, `stratum+ssl://`, `stratum+tls://`); `tls` None means `pool_use_tls`."""
     host: str
     port: int
     sub_account: str
+    kind: str = "btcagent"
+    password: str = "x"
+    tls: Optional[bool] = None
+    extranonce_subscribe: bool = False  # "#xnsub" after the host: ask for mining.set_extranonce
+
+    @property
+    def label(self) -> str:
+        """host:port as an operator wrote it, with the kind."""
+        scheme = "" if self.kind == "btcagent" else ("stratum+ssl://" if self.tls else "stratum+tcp://")
+        return "%s%s:%d" % (scheme, self.host, self.port)
+
+
+POOL_SCHEMES = {"stratum+tcp": False, "stratum+ssl": True, "stratum+tls": True}
 
 
 # key: (default, type name for messages, section) — section "advanced" keys live under "advanced" in JSON.
@@ -58,6 +73,8 @@ ADVANCED_DEFAULTS: Dict[str, Any] = {
     "miner_backlog_limit_bytes": 1 << 20,
     "upstream_grace_seconds": 30.0,
     "share_answer_after": "tcp",
+    "miner_share_interval_seconds": 10.0,
+    "miner_start_difficulty": 65536.0,
     "pool_failback_seconds": 300.0,
 }
 # Keys of the original agents that have no meaning here; accepted silently.
@@ -97,6 +114,8 @@ class Config:
     miner_backlog_limit_bytes: int
     upstream_grace_seconds: float
     share_answer_after: str
+    miner_share_interval_seconds: float
+    miner_start_difficulty: float
     pool_failback_seconds: float
     log_dir: Optional[str]
     log_level: str
@@ -137,7 +156,8 @@ def _expect_str(key: str, value: Any) -> str:
 
 
 def _parse_pools(value: Any) -> List[PoolEntry]:
-    expected = 'pools: expected a non-empty list of [host, port, sub-account], e.g. [["btc.pool.example", 1800, "mysub"]]'
+    expected = ('pools: expected a non-empty list of [host, port, sub-account] or [host, port, user, password], '
+                'e.g. [["btc.pool.example", 1800, "mysub"]] or [["stratum+tcp://pool.example.com", 3333, "me", "x"]]')
     if isinstance(value, str):
         try:
             value = simplejson.loads(value)
@@ -147,16 +167,40 @@ def _parse_pools(value: Any) -> List[PoolEntry]:
         raise ConfigError(expected + ", got %r" % (value,))
     pools = []
     for n, entry in enumerate(value):
-        if not isinstance(entry, (list, tuple)) or len(entry) != 3:
-            raise ConfigError("pools[%d]: expected [host, port, sub-account], got %r" % (n, entry))
-        host, port, sub = entry
+        if not isinstance(entry, (list, tuple)) or len(entry) not in (3, 4):
+            raise ConfigError("pools[%d]: expected [host, port, sub-account] or [host, port, user, password], "
+                              "got %r" % (n, entry))
+        host, port, sub = entry[:3]
+        password = entry[3] if len(entry) == 4 else "x"
         if not isinstance(host, str) or not host:
             raise ConfigError("pools[%d]: host must be a non-empty string, got %r" % (n, host))
         port = _expect_number("pools[%d] port" % n, port, True, 1, 65535)
         if not isinstance(sub, str):
             raise ConfigError("pools[%d]: sub-account must be a string, got %r" % (n, sub))
-        pools.append(PoolEntry(host, port, sub))
+        if not isinstance(password, str):
+            raise ConfigError("pools[%d]: password must be a string, got %r" % (n, password))
+        pools.append(_pool_entry(n, host, port, sub, password))
     return pools
+
+
+def _pool_entry(n: int, host: str, port: int, sub: str, password: str) -> PoolEntry:
+    """A bare host speaks the BTCAgent protocol; stratum+tcp:// (or +ssl://, +tls://) plain stratum v1."""
+    if "://" not in host:
+        return PoolEntry(host, port, sub, password=password)
+    scheme, _, rest = host.partition("://")
+    if scheme.lower() not in POOL_SCHEMES:
+        raise ConfigError("pools[%d]: unknown scheme %r; expected a bare host (BTCAgent protocol) or "
+                          "stratum+tcp://, stratum+ssl:// or stratum+tls://" % (n, scheme))
+    rest, _, fragment = rest.partition("#")
+    rest = rest.rstrip("/")
+    if not rest or "/" in rest or (":" in rest and not rest.startswith("[")):
+        raise ConfigError("pools[%d]: expected stratum+tcp://HOST with the port as the second element, got %r"
+                          % (n, host))
+    if fragment not in ("", "xnsub"):
+        raise ConfigError("pools[%d]: unknown option #%s (only #xnsub, to ask for mining.set_extranonce)"
+                          % (n, fragment))
+    return PoolEntry(rest.strip("[]"), port, sub, "stratum", password, POOL_SCHEMES[scheme.lower()],
+                     fragment == "xnsub")
 
 
 # The Go agent's spellings: "system" is the first proxy environment variable that is set; socks4 and
@@ -234,7 +278,9 @@ def validate(raw: Dict[str, Any]) -> Config:
                            ("fake_job_notify_interval_seconds", 1, 3600),
                            ("upstream_flush_delay_ms", 0, 1000),
                            ("upstream_grace_seconds", 0, 86400),
-                           ("pool_failback_seconds", 1, 86400)):
+                           ("pool_failback_seconds", 1, 86400),
+                           ("miner_share_interval_seconds", 1, 3600),
+                           ("miner_start_difficulty", 1e-9, 2 ** 64)):
         values[key] = float(_expect_number(key, values[key], False, low, high))
     values["miner_backlog_limit_bytes"] = _expect_number(
         "miner_backlog_limit_bytes", values["miner_backlog_limit_bytes"], True, 4096, 1 << 30)
