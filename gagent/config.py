@@ -29,6 +29,7 @@ class PoolEntry(NamedTuple):
     password: str = "x"
     tls: Optional[bool] = None
     extranonce_subscribe: bool = False  # "#xnsub" after the host: ask for mining.set_extranonce
+    worker_names: bool = False  # authorize each worker upstream as user.worker and submit under its name
 
     @property
     def label(self) -> str:
@@ -167,11 +168,12 @@ def _parse_pools(value: Any) -> List[PoolEntry]:
         raise ConfigError(expected + ", got %r" % (value,))
     pools = []
     for n, entry in enumerate(value):
-        if not isinstance(entry, (list, tuple)) or len(entry) not in (3, 4):
-            raise ConfigError("pools[%d]: expected [host, port, sub-account] or [host, port, user, password], "
-                              "got %r" % (n, entry))
+        if not isinstance(entry, (list, tuple)) or len(entry) not in (3, 4, 5):
+            raise ConfigError("pools[%d]: expected [host, port, sub-account] or [host, port, user, password"
+                              "(, options)], got %r" % (n, entry))
         host, port, sub = entry[:3]
-        password = entry[3] if len(entry) == 4 else "x"
+        password = entry[3] if len(entry) >= 4 else "x"
+        options = entry[4] if len(entry) == 5 else {}
         if not isinstance(host, str) or not host:
             raise ConfigError("pools[%d]: host must be a non-empty string, got %r" % (n, host))
         port = _expect_number("pools[%d] port" % n, port, True, 1, 65535)
@@ -179,8 +181,24 @@ def _parse_pools(value: Any) -> List[PoolEntry]:
             raise ConfigError("pools[%d]: sub-account must be a string, got %r" % (n, sub))
         if not isinstance(password, str):
             raise ConfigError("pools[%d]: password must be a string, got %r" % (n, password))
-        pools.append(_pool_entry(n, host, port, sub, password))
+        pool = _pool_entry(n, host, port, sub, password)
+        pools.append(pool._replace(**_pool_options(n, pool, options)) if options else pool)
     return pools
+
+
+POOL_OPTIONS = ("worker_names", "extranonce_subscribe")
+
+
+def _pool_options(n: int, pool: PoolEntry, options: Any) -> Dict[str, bool]:
+    """The fifth element of a plain stratum pool entry: {"worker_names": true, "extranonce_subscribe": true}."""
+    if not isinstance(options, dict):
+        raise ConfigError("pools[%d]: the fifth element must be an object of options, got %r" % (n, options))
+    if pool.kind != "stratum":
+        raise ConfigError("pools[%d]: options are for stratum+tcp:// pools only" % n)
+    unknown = sorted(set(options) - set(POOL_OPTIONS))
+    if unknown:
+        raise ConfigError("pools[%d]: unknown option %r; expected %s" % (n, unknown[0], ", ".join(POOL_OPTIONS)))
+    return {key: _expect_bool("pools[%d] %s" % (n, key), value) for key, value in options.items()}
 
 
 def _pool_entry(n: int, host: str, port: int, sub: str, password: str) -> PoolEntry:

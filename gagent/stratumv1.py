@@ -44,6 +44,8 @@ JOBS_KEPT = 256               # job short ids cycle through this many slots
 DRAIN_POLL_SECONDS = 0.01
 VARDIFF_MIN_DIFFICULTY = 1.0  # unless the configured start difficulty is lower (CPU miners, tests)
 REQUEST_IDS = 1 << 30         # submit request ids cycle below this; handshake ids are strings
+WORKER_AUTHORIZE_SECONDS = 5.0  # a worker's own authorize unanswered this long: the pool ignores them
+WORKER_REQUEST = "worker-"    # id prefix of a worker's own mining.authorize
 
 
 class PoolJob:
@@ -96,6 +98,10 @@ class StratumSession:
         self._authorized = False
         self._closed = False
         self._reported: set = set()
+        # pool entry option worker_names: each worker authorized upstream under its own name
+        self._worker_names_wanted = pool.worker_names
+        self._upstream_names: Dict[int, str] = {}        # session id -> the name the pool accepted
+        self._worker_requests: Dict[str, Tuple[int, str]] = {}  # request id -> (session id, name)
 
     @property
     def name(self) -> str:
@@ -144,6 +150,45 @@ class StratumSession:
         miner.send(stratum.set_difficulty_line(state.difficulty))
         if self.last_job is not None:
             miner.send(self.last_job.line_clean)
+        if self._worker_names_wanted and miner.worker_name:
+            self._authorize_worker(miner)
+
+    def _authorize_worker(self, miner: Miner) -> None:
+        """Ask the pool to take this worker's shares under its own name on the shared connection;
+        until it says yes (and if it never does), its shares go under the configured user."""
+        account = self.pool.sub_account.split(".", 1)[0]
+        name = "%s.%s" % (account, miner.worker_name)
+        request = "%s%d" % (WORKER_REQUEST, miner.session_id)
+        self._worker_requests[request] = (miner.session_id, name)
+        self.uplink.queue_frame(stratum.request_line(request, "mining.authorize", [name, self.pool.password]))
+        gevent.spawn_later(WORKER_AUTHORIZE_SECONDS, self._worker_unanswered, request, name)
+
+    def _worker_unanswered(self, request: str, name: str) -> None:
+        if self._worker_requests.get(request, (0, None))[1] == name and not self._closed:
+            del self._worker_requests[request]
+            self._worker_names_refused("did not answer the mining.authorize of %s within %.0f s"
+                                       % (name, WORKER_AUTHORIZE_SECONDS))
+
+    def _on_worker_authorized(self, request: str, result: Any, error: Any) -> None:
+        entry = self._worker_requests.pop(request, None)
+        if entry is None:
+            return  # answered after the timeout, or for a miner that left
+        session_id, name = entry
+        if result is True:
+            if session_id in self.miners:
+                self._upstream_names[session_id] = name
+        else:
+            self._worker_names_refused("refused the mining.authorize of %s (%.100r)" % (name, error or result))
+
+    def _worker_names_refused(self, what: str) -> None:
+        """The pool does not take a second authorize on one connection: every share goes under the
+        configured user from now on; said once per connection."""
+        if self._worker_names_wanted:
+            self._worker_names_wanted = False
+            log.warning("%s: pool %s %s; shares go under %s on this connection (worker names are kept "
+                        "per miner by gagent)", self.name, self.pool.label, what, self.pool.sub_account)
+        self._upstream_names.clear()
+        self._worker_requests.clear()
 
     def _pool_ceiling(self) -> float:
         return self.difficulty if self.difficulty is not None else float("inf")
@@ -152,6 +197,7 @@ class StratumSession:
         self.miners.pop(miner.session_id, None)
         self._difficulty.pop(miner.session_id, None)
         self._raised_from.pop(miner.session_id, None)
+        self._upstream_names.pop(miner.session_id, None)
         if miner.upstream is self:
             miner.upstream = None
 
@@ -204,7 +250,8 @@ class StratumSession:
                          version_bits: Optional[int]) -> None:
         request = self._next_request = (self._next_request + 1) % REQUEST_IDS
         self._submitted[request] = (miner, msg_id)
-        params = [self.pool.sub_account, job.job_id, extranonce2.hex(), "%08x" % ntime, "%08x" % nonce]
+        user = self._upstream_names.get(miner.session_id, self.pool.sub_account)
+        params = [user, job.job_id, extranonce2.hex(), "%08x" % ntime, "%08x" % nonce]
         if version_bits is not None:
             params.append("%08x" % version_bits)
         self.uplink.queue_frame(stratum.request_line(request, "mining.submit", params))
@@ -389,6 +436,8 @@ class StratumSession:
                 self._ready_if_complete()
         elif msg_id == "conf":
             self._on_configure_reply(result)
+        elif type(msg_id) is str and msg_id.startswith(WORKER_REQUEST):
+            self._on_worker_authorized(msg_id, result, error)
         elif error and msg_id != "xnsub":
             self._report("error-reply", "pool answered %.40r with error %.200r" % (msg_id, error))
 
@@ -418,8 +467,9 @@ class StratumSession:
         self.difficulty = value  # for jobs from now on: each job keeps the difficulty it was sent under
 
     def _on_set_extranonce(self, params: Any) -> None:
-        """New extranonce1 (and size) for jobs from now on. It goes into coinb1, so miners keep theirs
-        when the layout's shape holds; otherwise each is told its new one or asked to reconnect."""
+        """New extranonce1 (and size) for the pool's next jobs; shares of earlier ones get 21. It goes
+        into coinb1, so miners keep theirs when the layout's shape holds; otherwise each is told its
+        new one or asked to reconnect."""
         if not (isinstance(params, list) and len(params) >= 2 and stratum.is_hex(params[0])
                 and type(params[1]) is int):
             self._report("bad-set-extranonce", "ignoring invalid mining.set_extranonce %.80r" % (params,))
@@ -429,6 +479,9 @@ class StratumSession:
         except LayoutError as exc:
             raise PoolRefused(str(exc)) from None
         old, self.layout, self.extranonce1 = self.layout, layout, params[0].lower()
+        for job in self._jobs:  # their coinbase holds the old extranonce1: the pool would refuse them
+            if job is not None:
+                job.stale = True
         self.slot.layout_seen(layout.prefix_size, layout.miner_en2_size)
         log.info("%s: the pool set extranonce1 %s, extranonce2 %d bytes", self.name, self.extranonce1,
                  layout.pool_en2_size)

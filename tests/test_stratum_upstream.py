@@ -59,11 +59,12 @@ def stratum_entry(pool, user="acct"):
     return ["stratum+tcp://127.0.0.1", pool.address[1], user, "x"]
 
 
-def mine(agent, names, shares=4):
-    """Hashing miners through the agent until each has `shares` answers; returns them (stopped)."""
+def mine(agent, names, shares=4, until=lambda: True):
+    """Hashing miners through the agent until each has `shares` answers and `until()` holds; returns
+    them (stopped)."""
     miners = [SimMiner("127.0.0.1", agent.address[1], username="acct.%s" % name).start() for name in names]
     try:
-        assert wait_until(lambda: all(m.accepted + m.rejected >= shares for m in miners), timeout=30), \
+        assert wait_until(lambda: all(m.accepted + m.rejected >= shares for m in miners) and until(), timeout=30), \
             [(m.username, m.accepted, m.rejected, m.error) for m in miners]
     finally:
         for miner in miners:
@@ -150,3 +151,116 @@ def test_a_pool_leaving_less_than_three_bytes_is_refused_with_a_reason(stratum_p
         assert not agent.wait_ready(0.1)
     finally:
         agent.stop()
+
+
+def test_worker_names_upstream_where_the_pool_takes_them(stratum_pool_factory, running):
+    """Opt-in per pool entry: each worker authorized as user.worker on the shared connection, and every
+    share credited to the worker that found it."""
+    pool = stratum_pool_factory(second_authorize="per_name", strict_worker_names=True)
+    agent = running([stratum_entry(pool) + [{"worker_names": True}]])
+    mine(agent, ["rig1", "rig2"], until=lambda: {"acct.rig1", "acct.rig2"} <= set(pool.stats))
+    assert pool.connections_total == 1
+    assert set(pool.stats) <= {"acct", "acct.rig1", "acct.rig2"}  # "acct": shares before the pool's yes
+    assert all(share.worker == share.submitted_as for share in pool.shares)
+    assert sum(count for reason, count in pool.statuses.items() if reason != "accepted") == 0
+
+
+@pytest.mark.parametrize("behaviour", ["error", "silent"])
+def test_a_pool_refusing_worker_names_gets_every_share_under_the_user(stratum_pool_factory, running, caplog,
+                                                                      monkeypatch, behaviour):
+    """btcpool answers a second authorize with an error, ckpool not at all: shares go under the
+    configured user, said once in the log."""
+    monkeypatch.setattr(gagent.stratumv1, "WORKER_AUTHORIZE_SECONDS", 0.5)
+    pool = stratum_pool_factory(second_authorize=behaviour)
+    agent = running([stratum_entry(pool) + [{"worker_names": True}]])
+    mine(agent, ["rig1", "rig2"], until=lambda: "shares go under acct" in caplog.text and pool.shares)
+    assert set(pool.stats) == {"acct"}
+    assert sum(count for reason, count in pool.statuses.items() if reason != "accepted") == 0
+    assert caplog.text.count("shares go under acct") == 1
+
+
+def test_failover_from_a_btcagent_pool_to_a_plain_stratum_backup_and_back_keeps_miners(
+        pool, stratum_pool_factory, running):
+    """The BTCAgent pool goes down: its miners move to the plain stratum backup and mine there, then
+    back to the BTCAgent pool once it answers again; no miner is disconnected."""
+    backup = stratum_pool_factory(extranonce2_size=8)
+    agent = running([["127.0.0.1", pool.address[1], "acct"], stratum_entry(backup)],
+                    advanced={"pool_failback_seconds": 1})
+    miners = [SimMiner("127.0.0.1", agent.address[1], username="acct.rig%d" % n).start() for n in range(2)]
+    try:
+        assert wait_until(lambda: pool.accepted_shares() >= 2, timeout=20)
+        pool.pause_listening()
+        pool.close_all()
+        assert wait_until(lambda: agent.upstreams[0].ready and agent.upstreams[0].pool.kind == "stratum", timeout=10)
+        assert wait_until(lambda: backup.statuses["accepted"] >= 2, timeout=30)
+        before = pool.accepted_shares()
+        pool.resume_listening()
+        assert wait_until(lambda: agent.upstreams[0].ready and agent.upstreams[0].pool.kind == "btcagent", timeout=10)
+        assert wait_until(lambda: pool.accepted_shares() > before, timeout=20)
+        assert all(not m.closed and m.error is None for m in miners)
+        assert len(agent.miners) == 2 and agent.counters.upstream_failbacks == 1
+        assert pool.rejected_shares() == 0
+        assert sum(count for reason, count in backup.statuses.items() if reason != "accepted") == 0
+    finally:
+        for miner in miners:
+            miner.stop()
+
+
+def test_version_rolling_miners_get_the_pool_mask_anded_with_theirs(stratum_pool_factory, running):
+    """AntPool answers mining.configure with 5fffe000: miners roll inside it, and their version bits
+    go upstream with the shares the pool then accepts."""
+    pool = stratum_pool_factory(version_mask=0x5FFFE000)
+    agent = running([stratum_entry(pool)])
+    miners = [SimMiner("127.0.0.1", agent.address[1], username="acct.boost", version_rolling=True).start()]
+    try:
+        assert wait_until(lambda: miners[0].accepted >= 4 and any(s.version_bits for s in pool.shares), timeout=30)
+        assert miners[0].version_mask == 0x1FFFE000  # it asked for 1fffe000
+        assert miners[0].rejected == 0
+        assert sum(count for reason, count in pool.statuses.items() if reason != "accepted") == 0
+    finally:
+        miners[0].stop()
+    client = LineClient(agent.address)
+    try:
+        msg_id = client.request("mining.configure", [["version-rolling"], {"version-rolling.mask": "ffffffff"}])
+        assert client.answer(msg_id)["result"] == {"version-rolling": True, "version-rolling.mask": "5fffe000"}
+    finally:
+        client.close()
+
+
+def test_the_pools_set_extranonce_keeps_miners_mining_without_a_reconnect(stratum_pool_factory, running):
+    """The pool's new extranonce1 goes into coinb1 of its next jobs: miners keep their own."""
+    pool = stratum_pool_factory(extranonce2_size=8)
+    agent = running([["stratum+tcp://127.0.0.1#xnsub", pool.address[1], "acct", "x"]])
+    miner = SimMiner("127.0.0.1", agent.address[1], username="acct.rig").start()
+    try:
+        assert wait_until(lambda: miner.accepted >= 2, timeout=20)
+        assert wait_until(lambda: pool.connections and pool.connections[0].xnsub)
+        old = pool.connections[0].extranonce1
+        pool.set_extranonce(None)
+        assert wait_until(lambda: pool.connections[0].extranonce1 != old)
+        pool.new_job(clean=True)
+        accepted = pool.statuses["accepted"]
+        assert wait_until(lambda: pool.statuses["accepted"] >= accepted + 2, timeout=30)
+        assert any(share.extranonce1 != old for share in pool.shares)
+        assert not miner.closed and pool.connections_total == 1
+        # shares found on jobs sent before the change are answered 21 here, never sent to be refused
+        assert sum(count for reason, count in pool.statuses.items() if reason != "accepted") == 0
+    finally:
+        miner.stop()
+
+
+def test_pool_ping_and_reconnect_are_handled(stratum_pool_factory, running):
+    pool = stratum_pool_factory()
+    agent = running([stratum_entry(pool)])
+    miner = SimMiner("127.0.0.1", agent.address[1], username="acct.rig").start()
+    try:
+        assert wait_until(lambda: miner.accepted >= 1, timeout=20)
+        pool.ping()
+        assert wait_until(lambda: any(reply.get("result") == "pong" for c in pool.connections for reply in c.replies))
+        pool.reconnect()
+        assert wait_until(lambda: pool.connections_total == 2 and agent.upstreams[0].ready, timeout=10)
+        accepted = miner.accepted
+        assert wait_until(lambda: miner.accepted > accepted + 1, timeout=20)
+        assert not miner.closed
+    finally:
+        miner.stop()

@@ -25,7 +25,7 @@ from .pool import DEFAULT_VERSION_MASK, TIME_TOO_NEW_SECONDS, Job, coinbase_part
 
 log = logging.getLogger("gagent.sim.stratum_pool")
 
-SECOND_AUTHORIZE_MODES = ("error", "silent", "last_wins")
+SECOND_AUTHORIZE_MODES = ("error", "silent", "last_wins", "per_name")
 JOB_ID_STYLES = ("hex", "dashed", "decimal")
 MAX_JOBS = 64  # jobs kept for share lookup, newest last; an older job id is "not found"
 MAX_LINE = 64 * 1024
@@ -164,7 +164,9 @@ class StratumPoolSimulator(FaultInjection):
       account); otherwise error 24. Before subscribe: 25.
     - `second_authorize` on a connection already authorized: "error" answers 25 "Not subscribed"
       (btcpool's state machine), "silent" never answers (ckpool), "last_wins" answers true and the
-      connection's shares are credited to that last name from then on (ViaBTC). In every mode a
+      connection's shares are credited to that last name from then on (ViaBTC), "per_name" answers
+      true and credits each share to the name in its submit when that name was authorized on the
+      connection (pools that let a proxy carry many workers on one connection). In the other modes a
       share is credited to the connection's user (the first authorized name, or the last one with
       "last_wins"), whatever worker name the submit carries, as ckpool does; with
       `strict_worker_names` a submit naming a worker never authorized on the connection gets 24.
@@ -570,9 +572,10 @@ class StratumPoolSimulator(FaultInjection):
         if conn.user is not None:
             if self.second_authorize == "error":
                 conn.send(stratum.error_line(msg_id, stratum.NOT_SUBSCRIBED))
-            elif self.second_authorize == "last_wins":
+            elif self.second_authorize in ("last_wins", "per_name"):
                 if self._valid_user(name):
-                    conn.user = name
+                    if self.second_authorize == "last_wins":
+                        conn.user = name
                     conn.users.append(name)
                     conn.send(stratum.result_line(msg_id, True))
                 else:
@@ -600,6 +603,8 @@ class StratumPoolSimulator(FaultInjection):
         self.shares_received += 1
         submitted = params[0] if params and isinstance(params[0], str) else ""
         credit = conn.user if conn.user is not None else submitted
+        if self.second_authorize == "per_name" and submitted in conn.users:
+            credit = submitted
         verdict = self._judge(conn, submitted, credit, params)
         if isinstance(verdict, Share):
             forced = self._verdict(stratum.ACCEPT)
