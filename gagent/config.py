@@ -76,6 +76,7 @@ ADVANCED_DEFAULTS: Dict[str, Any] = {
     "share_answer_after": "tcp",
     "miner_share_interval_seconds": 10.0,
     "miner_start_difficulty": 65536.0,
+    "check_shares_locally": False,
     "pool_failback_seconds": 300.0,
 }
 # Keys of the original agents that have no meaning here; accepted silently.
@@ -117,6 +118,7 @@ class Config:
     share_answer_after: str
     miner_share_interval_seconds: float
     miner_start_difficulty: float
+    check_shares_locally: bool
     pool_failback_seconds: float
     log_dir: Optional[str]
     log_level: str
@@ -286,7 +288,7 @@ def validate(raw: Dict[str, Any]) -> Config:
     for key in ("multi_user_mode", "always_keep_downconn", "disconnect_when_lost_asicboost",
                 "use_ip_as_worker_name", "submit_response_from_server", "pool_use_tls",
                 "tls_skip_certificate_verify", "http_per_worker_metrics", "use_proxy",
-                "direct_connect_with_proxy", "direct_connect_after_proxy"):
+                "direct_connect_with_proxy", "direct_connect_after_proxy", "check_shares_locally"):
         values[key] = _expect_bool(key, values[key])
     values["agent_listen_port"] = _expect_number("agent_listen_port", values["agent_listen_port"], True, 0, 65535)
     values["pool_connection_number_per_subaccount"] = _expect_number(

@@ -467,9 +467,9 @@ class StratumSession:
         self.difficulty = value  # for jobs from now on: each job keeps the difficulty it was sent under
 
     def _on_set_extranonce(self, params: Any) -> None:
-        """New extranonce1 (and size) for the pool's next jobs; shares of earlier ones get 21. It goes
-        into coinb1, so miners keep theirs when the layout's shape holds; otherwise each is told its
-        new one or asked to reconnect."""
+        """New extranonce1 (and size) for the pool's next jobs (each job keeps the one it came with). It
+        goes into coinb1, so miners keep theirs when the layout's shape holds; otherwise each is told
+        its new one or asked to reconnect."""
         if not (isinstance(params, list) and len(params) >= 2 and stratum.is_hex(params[0])
                 and type(params[1]) is int):
             self._report("bad-set-extranonce", "ignoring invalid mining.set_extranonce %.80r" % (params,))
@@ -479,9 +479,6 @@ class StratumSession:
         except LayoutError as exc:
             raise PoolRefused(str(exc)) from None
         old, self.layout, self.extranonce1 = self.layout, layout, params[0].lower()
-        for job in self._jobs:  # their coinbase holds the old extranonce1: the pool would refuse them
-            if job is not None:
-                job.stale = True
         self.slot.layout_seen(layout.prefix_size, layout.miner_en2_size)
         log.info("%s: the pool set extranonce1 %s, extranonce2 %d bytes", self.name, self.extranonce1,
                  layout.pool_en2_size)

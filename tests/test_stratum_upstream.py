@@ -237,14 +237,14 @@ def test_the_pools_set_extranonce_keeps_miners_mining_without_a_reconnect(stratu
         assert wait_until(lambda: pool.connections and pool.connections[0].xnsub)
         old = pool.connections[0].extranonce1
         pool.set_extranonce(None)
-        assert wait_until(lambda: pool.connections[0].extranonce1 != old)
-        pool.new_job(clean=True)
-        accepted = pool.statuses["accepted"]
-        assert wait_until(lambda: pool.statuses["accepted"] >= accepted + 2, timeout=30)
-        assert any(share.extranonce1 != old for share in pool.shares)
+        new = pool.connections[0].extranonce1
+        assert new != old
+        assert wait_until(lambda: agent.upstreams[0].extranonce1 == new)
+        pool.new_job()  # not clean: shares of the earlier jobs stay valid, with the extranonce1 they came with
+        assert wait_until(lambda: sum(share.extranonce1 == new for share in pool.shares) >= 2, timeout=30)
         assert not miner.closed and pool.connections_total == 1
-        # shares found on jobs sent before the change are answered 21 here, never sent to be refused
-        assert sum(count for reason, count in pool.statuses.items() if reason != "accepted") == 0
+        assert sum(count for reason, count in pool.statuses.items() if reason != "accepted") == 0, pool.statuses
+        assert miner.rejected == 0
     finally:
         miner.stop()
 
@@ -264,3 +264,22 @@ def test_pool_ping_and_reconnect_are_handled(stratum_pool_factory, running):
         assert not miner.closed
     finally:
         miner.stop()
+
+
+def test_btcagent_pools_can_have_shares_checked_here_too(pool, running):
+    """advanced.check_shares_locally: junk is answered 23 at once instead of travelling to the pool;
+    good shares go on as before."""
+    agent = running([["127.0.0.1", pool.address[1], "acct"]], advanced={"check_shares_locally": True})
+    client = LineClient(agent.address)
+    try:
+        extranonce1, seen = client.login("acct.junk")
+        job = [m for m in seen if m.get("method") == "mining.notify"][-1]["params"]
+        difficulty = [m for m in seen if m.get("method") == "mining.set_difficulty"][-1]["params"][0]
+        nonce = find_nonce(job, extranonce1, "00000001", below=hashing.target_for_difficulty(difficulty))
+        msg_id = client.request("mining.submit", ["acct.junk", job[0], "00000001", job[7], "%08x" % nonce])
+        assert client.answer(msg_id)["error"][0] == 23
+    finally:
+        client.close()
+    miners = mine(agent, ["good"], shares=3)
+    assert miners[0].rejected == 0 and pool.accepted_shares() >= 3
+    assert pool.rejected_shares() == 0 and pool.shares_received == pool.accepted_shares()  # no junk reached it

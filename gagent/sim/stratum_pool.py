@@ -81,12 +81,15 @@ class WorkerStats:
 
 
 class SentJob:
-    """A job as sent on one connection: the difficulty in force then, and the shares seen for it."""
+    """A job as sent on one connection: the difficulty and extranonce in force then (a change applies
+    to the jobs sent after it, as NiceHash's set_extranonce says), and the shares seen for it."""
 
-    __slots__ = ("difficulty", "shares")
+    __slots__ = ("difficulty", "extranonce1", "extranonce2_size", "shares")
 
-    def __init__(self, difficulty: float) -> None:
+    def __init__(self, difficulty: float, extranonce1: str, extranonce2_size: int) -> None:
         self.difficulty = difficulty
+        self.extranonce1 = extranonce1
+        self.extranonce2_size = extranonce2_size
         self.shares: Set[Tuple[str, str, int, int, int]] = set()  # (en1, en2, ntime, nonce, vbits)
 
 
@@ -368,7 +371,7 @@ class StratumPoolSimulator(FaultInjection):
 
     def _send_job(self, conn: StratumConnection, job_id: str, clean: bool, prefix: bytes = b"") -> None:
         """Record the connection's difficulty for the job and send its notify."""
-        conn.jobs[job_id] = SentJob(conn.difficulty)
+        conn.jobs[job_id] = SentJob(conn.difficulty, conn.extranonce1, conn.extranonce2_size)
         conn.send(prefix + self.jobs[job_id].notify_line(job_id, clean))
 
     def _job_loop(self, interval: float) -> None:
@@ -416,8 +419,9 @@ class StratumPoolSimulator(FaultInjection):
     def set_extranonce(self, conn_or_all: Optional[StratumConnection], en1: Optional[str] = None,
                        size: Optional[int] = None) -> None:
         """Send `mining.set_extranonce [en1, size]` to one connection, or (None) to every authorized
-        connection that sent mining.extranonce.subscribe; from then on its shares are checked with
-        that extranonce1 and extranonce2 size. `en1` None: a fresh unique one; `size` None: keep."""
+        connection that sent mining.extranonce.subscribe; shares of the jobs sent from then on are
+        checked with that extranonce1 and extranonce2 size. `en1` None: a fresh unique one; `size`
+        None: keep."""
         if en1 is not None and not stratum.is_hex(en1):
             raise ValueError("en1 must be hex")
         targets = self._targets(conn_or_all)
@@ -651,9 +655,9 @@ class StratumPoolSimulator(FaultInjection):
             return "job_not_found"
         if job.height < self.height:
             return "stale"
-        if not stratum.is_hex(en2, 2 * conn.extranonce2_size):
+        if not stratum.is_hex(en2, 2 * sent.extranonce2_size):
             return "bad_extranonce2"
-        key = (conn.extranonce1, en2.lower(), ntime, nonce, vbits)
+        key = (sent.extranonce1, en2.lower(), ntime, nonce, vbits)
         if key in sent.shares:
             return "duplicate"
         sent.shares.add(key)
@@ -661,14 +665,14 @@ class StratumPoolSimulator(FaultInjection):
             return "bad_ntime"
         if vbits & ~conn.version_mask:
             return "bad_version"
-        cb = hashing.coinbase(job.coinb1, conn.extranonce1, en2, job.coinb2)
+        cb = hashing.coinbase(job.coinb1, sent.extranonce1, en2, job.coinb2)
         version = (job.version & ~conn.version_mask) | vbits
         head = hashing.header(version, job.prevhash, hashing.merkle_root(cb, job.branches), ntime,
                               job.nbits, nonce)
         value = hashing.header_hash_int(head)
         if value > hashing.target_for_difficulty(sent.difficulty):
             return "low_difficulty"
-        return Share(time.time(), conn.extranonce1, credit, submitted, job_id, en2, ntime, nonce, vbits,
+        return Share(time.time(), sent.extranonce1, credit, submitted, job_id, en2, ntime, nonce, vbits,
                      sent.difficulty, value)
 
 
