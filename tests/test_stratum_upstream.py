@@ -283,3 +283,31 @@ def test_btcagent_pools_can_have_shares_checked_here_too(pool, running):
     miners = mine(agent, ["good"], shares=3)
     assert miners[0].rejected == 0 and pool.accepted_shares() >= 3
     assert pool.rejected_shares() == 0 and pool.shares_received == pool.accepted_shares()  # no junk reached it
+
+
+class CollidingIds:
+    """Session ids whose low bytes collide (5, 261, 517, …): with a 1-byte prefix no two fit one connection."""
+
+    def __init__(self):
+        self.next = 5
+
+    def allocate(self):
+        session_id, self.next = self.next, self.next + 256
+        return session_id
+
+    def free(self, session_id):
+        pass
+
+
+def test_a_full_connection_makes_the_pool_set_open_another(stratum_pool_factory, running):
+    """A pool giving 4 bytes of extranonce2 leaves a 1-byte prefix: miners whose prefixes collide
+    cannot share a connection, so the pool set opens more and every miner mines on its own prefix."""
+    pool = stratum_pool_factory(extranonce2_size=4)
+    agent = running([stratum_entry(pool)])
+    agent.session_ids = CollidingIds()
+    miners = mine(agent, ["a", "b", "c"], shares=3,
+                  until=lambda: [u.miner_count for u in agent.upstreams] == [1, 1, 1])
+    assert pool.connections_total == 3
+    assert {m.extranonce1 for m in miners} == {"05"}  # the same prefix, on three connections
+    assert all(m.rejected == 0 for m in miners)
+    assert sum(count for reason, count in pool.statuses.items() if reason != "accepted") == 0
