@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gagent.sim.faults import raw_set_difficulty_line
 from gagent.sim.pool import PoolSimulator
 
 from conftest import TINY_DIFFICULTY, LineClient, make_agent, start_agent, wait, wait_until
@@ -131,6 +132,50 @@ def test_an_impossible_first_difficulty_backs_off_instead_of_looping(difficulty,
         assert pool.connections_total <= 10  # delays drawn below 0.5, 1, 2 s: not thousands of redials
         assert_idle_cpu()
         assert "not a difficulty" in caplog.text or "out of range" in caplog.text or "not a JSON number" in caplog.text
+        assert_no_traceback(caplog)
+    finally:
+        agent.stop()
+        pool.stop()
+
+
+@pytest.mark.parametrize("bad", ["1" + "0" * 30, "18446744073709551617", "1e400", "0", "-5", "true", '"8"'])
+def test_an_invalid_first_difficulty_is_ignored_when_a_valid_one_follows(bad, caplog):
+    """Said once (it comes twice), then the valid difficulty serves: no reconnect, miners mine."""
+    pool = PoolSimulator(default_difficulty=TINY_DIFFICULTY,
+                         raw_after_authorize=raw_set_difficulty_line(bad) * 2).start()
+    agent = make_agent(pool)
+    agent.start()
+    try:
+        assert agent.wait_ready(wait(5)), caplog.text
+        client = logged_in(agent, "rig")
+        try:
+            assert_share_path_works(client, pool)
+        finally:
+            client.close()
+        assert pool.connections_total == 1 and agent.upstreams[0].difficulty == TINY_DIFFICULTY
+        warned = [r.getMessage() for r in caplog.records if r.name == "gagent.upstream" and r.levelno >= logging.WARNING]
+        assert len(warned) == 1 and ("not a difficulty" in warned[0] or "not valid JSON" in warned[0]), warned
+        assert_no_traceback(caplog)
+    finally:
+        agent.stop()
+        pool.stop()
+
+
+def test_a_pool_that_sends_no_valid_difficulty_fails_at_the_handshake_deadline(caplog):
+    """Only an invalid difficulty: each attempt ends at the handshake deadline with a line saying
+    why, with back-off; the invalid value itself is said once over all attempts."""
+    pool = PoolSimulator(default_difficulty=TINY_DIFFICULTY, first_difficulty="1" + "0" * 30).start()
+    agent = make_agent(pool, advanced={"pool_connection_dial_timeout_seconds": 1.0})
+    agent.start()
+
+    def failures():
+        return [r.getMessage() for r in caplog.records if "next try" in r.getMessage()]
+
+    try:
+        assert wait_until(lambda: len(failures()) >= 2 and pool.connections_total >= 3, timeout=10), caplog.text
+        assert "no valid starting difficulty within 1 s of connecting" in failures()[0]
+        assert not agent.upstreams[0].ready
+        assert len([r for r in caplog.records if "not a difficulty" in r.getMessage()]) == 1, caplog.text
         assert_no_traceback(caplog)
     finally:
         agent.stop()
