@@ -11,7 +11,7 @@ import logging
 import gevent
 import psutil
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from gagent.sim.faults import raw_set_difficulty_line
@@ -293,6 +293,7 @@ MINER_METHODS = half(st.sampled_from(["mining.subscribe", "mining.authorize", "m
                                       "mining.extranonce.subscribe", "mining.suggest_difficulty",
                                       "mining.multi_version", "x"]), ANY_JSON_TYPE)
 MINER_PARAMS = half(st.lists(JSON_VALUES, max_size=6), ANY_JSON_TYPE)
+POOL_REPLY_IDS = half(st.sampled_from(["sub", "auth", "caps", "caps_again", "conf", 1, 2, 3]), ANY_JSON_TYPE)
 PROBE_ID = "probe-after-the-fuzzed-line"  # longer than any fuzzed string
 
 
@@ -370,18 +371,45 @@ def test_random_json_into_every_miner_method(shared_farm, caplog, method, msg_id
     assert_no_traceback(caplog)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def assert_pool_line_is_harmless(line):
+    """On a farm of its own (a line that broke a shared one would fail every later example), send
+    `line` from the pool, then a new job. The agent reads a connection in order, so once it has
+    that job the line was handled: the connection must be the same and still carry shares."""
+    with one_farm() as (pool, agent, good):
+        upstream = agent.upstreams[0]
+        pool.send_raw_all(line)
+        job = pool.new_job()
+        assert wait_until(lambda: pool.disconnects or (upstream.last_job and upstream.last_job.params[4] == job.branches)), \
+            "the job sent after the line never reached the agent"
+        assert pool.disconnects == 0 and pool.connections_total == 1 and upstream.ready, "connection lost"
+        notify = good.read_until(lambda m: m.get("method") == "mining.notify" and m["params"][4] == job.branches)
+        good.job = notify[-1]["params"]
+        assert_share_path_works(good, pool, count=1)
+
+
+# A failing example costs the wait for the job that never comes; the examples are small: report the
+# first one found instead of shrinking it.
+POOL_FUZZ = settings(max_examples=60, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate],
+                     suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@POOL_FUZZ
 @given(method=st.sampled_from(["mining.notify", "mining.set_difficulty", "mining.set_version_mask",
                                "mining.set_extranonce", "x"]), params=JSON_VALUES)
-def test_random_json_in_every_pool_notification(shared_farm, method, params):
-    pool, agent, good = shared_farm
-    pool.send_raw_all(json.dumps({"id": None, "method": method, "params": params}).encode() + b"\n")
-    assert wait_until(lambda: agent.upstreams[0].ready, timeout=10)
-    if not pool.authorized:
-        return
-    assert pool.connections_total == 1  # nothing in a notification tears the connection down
-    msg_id = good.request("mining.submit", share_params(good, good.job, 78))
-    assert good.answer(msg_id, timeout=10)["result"] is True
+def test_random_json_in_every_pool_notification(caplog, method, params):
+    caplog.clear()  # each example answers for its own log
+    assert_pool_line_is_harmless(json.dumps({"id": None, "method": method, "params": params}).encode() + b"\n")
+    assert_no_traceback(caplog)
+
+
+@POOL_FUZZ
+@given(msg_id=POOL_REPLY_IDS, result=ANY_JSON_TYPE, error=ANY_JSON_TYPE)
+def test_random_json_in_pool_replies(caplog, msg_id, result, error):
+    """Replies with the ids of the agent's own requests (handshake, probes) or any other JSON value,
+    and results and errors of every type, arriving once the connection is ready."""
+    caplog.clear()
+    assert_pool_line_is_harmless(json.dumps({"id": msg_id, "result": result, "error": error}).encode() + b"\n")
+    assert_no_traceback(caplog)
 
 
 @pytest.mark.parametrize("reply", [
