@@ -212,13 +212,18 @@ class BTCAgentSession:
         splitter = StreamSplitter(max_line=POOL_MAX_LINE)
         loop = gevent.get_hub().loop
         handshake_deadline = loop.now() + config.pool_connection_dial_timeout_seconds
+        received_before = self.bytes_received
         while True:
-            data = sock.recv(RECV_SIZE)
+            try:
+                data = sock.recv(RECV_SIZE)
+            except socket.timeout:
+                if self.ready or self.bytes_received == received_before:
+                    raise  # silent pool: "no answer within the timeout"
+                raise ProtocolError(self._handshake_missing()) from None
             if not data:
                 raise OSError("pool closed the connection")
             if not self.ready and loop.now() > handshake_deadline:
-                raise ProtocolError("no authorization and starting difficulty within %.0f s of connecting"
-                                    % config.pool_connection_dial_timeout_seconds)
+                raise ProtocolError(self._handshake_missing())
             self.bytes_received += len(data)
             for item in splitter.feed(data):
                 if type(item) is Frame:
@@ -278,6 +283,13 @@ class BTCAgentSession:
             stratum.request_line("sub", "mining.subscribe", [USER_AGENT]),
             stratum.request_line("auth", "mining.authorize", [sub_account, ""]),
         ))
+
+    def _handshake_missing(self) -> str:
+        """Why a connection that answered is not ready by the handshake deadline, for the log."""
+        missing = [what for what, have in (("authorization", self._authorized),
+                                           ("valid starting difficulty", self.difficulty is not None)) if not have]
+        return "no %s within %g s of connecting" % (" and ".join(missing) or "capabilities answer (subres)",
+                                                    self.config.pool_connection_dial_timeout_seconds)
 
     def _become_ready(self) -> None:
         self.ready = True
@@ -380,10 +392,10 @@ class BTCAgentSession:
         if self.difficulty is not None:
             return  # later JSON values are the pool's decaying session artefact (docs/protocol.md §6.1)
         value = stratum.parse_difficulty(params[0]) if isinstance(params, list) and params else None
-        if value is None:
-            # Without a starting difficulty the connection cannot serve: fail the attempt (back-off).
-            raise ProtocolError("first mining.set_difficulty %.80r is not a difficulty (0 < d <= 2^64)"
-                                % (params,))
+        if value is None:  # as a line that does not parse; without a valid one the handshake times out
+            self._report("bad-difficulty", "ignoring mining.set_difficulty %.80r: not a difficulty (0 < d <= 2^64)"
+                         % (params,))
+            return
         self.difficulty = value  # no miner is attached yet: they come once the connection is ready
         if self._authorized and not self._settling_submit_responses:
             self._become_ready()

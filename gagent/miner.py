@@ -157,6 +157,9 @@ class MinerSession:
             self.send(error_line(None, ILLEGAL_PARAMS, "Illegal params: id must be a string, an integer or null"))
             return
         method = msg.get("method")
+        if not isinstance(method, str):  # a list or object is not even hashable
+            self.send(error_line(msg_id, ILLEGAL_PARAMS, "Illegal params: method must be a string"))
+            return
         params = msg.get("params")
         if params is None:
             params = []
