@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import gevent
+from gevent import socket
 
 from . import __version__
 from .cooperative import yielding
@@ -79,7 +80,7 @@ class BTCAgentSession:
         self._submit_response_heard = False
         self._closed = False
         self._unknown_methods: set = set()
-        self._reported: set = set()
+        self._reported = slot.reported  # once per slot, not per connection: no log line per reconnect
 
     @property
     def name(self) -> str:

@@ -71,6 +71,7 @@ class UpstreamSlot:
         self.pool: Optional[PoolEntry] = None
         self.pool_index = 0
         self._ended = [0, 0, 0, 0]  # bytes sent, received, frames sent, received by ended sessions
+        self.reported: set = set()  # kinds of bad pool messages already logged for this slot
         self._ready_at = 0.0
         self._greenlet: Optional[gevent.Greenlet] = None
         self._stopping = False

@@ -97,7 +97,7 @@ class StratumSession:
         self._next_request = 0
         self._authorized = False
         self._closed = False
-        self._reported: set = set()
+        self._reported = slot.reported  # once per slot, not per connection: no log line per reconnect
         # pool entry option worker_names: each worker authorized upstream under its own name
         self._worker_names_wanted = pool.worker_names
         self._upstream_names: Dict[int, str] = {}        # session id -> the name the pool accepted

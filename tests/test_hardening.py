@@ -379,7 +379,7 @@ def assert_pool_line_is_harmless(line):
         upstream = agent.upstreams[0]
         pool.send_raw_all(line)
         job = pool.new_job()
-        assert wait_until(lambda: pool.disconnects or (upstream.last_job and upstream.last_job.params[4] == job.branches)), \
+        assert wait_until(lambda: pool.disconnects or (upstream.session and upstream.session.last_job and upstream.session.last_job.params[4] == job.branches)), \
             "the job sent after the line never reached the agent"
         assert pool.disconnects == 0 and pool.connections_total == 1 and upstream.ready, "connection lost"
         notify = good.read_until(lambda m: m.get("method") == "mining.notify" and m["params"][4] == job.branches)

@@ -109,7 +109,7 @@ def answer_miner_gets(status: int) -> bytes:
     agent = SimpleNamespace(counters=counters, clock=0.0, config=SimpleNamespace(miner_backlog_limit_bytes=1 << 20))
     miner = MinerSession(agent, SimpleNamespace(send=lambda data: sent.append(data) or len(data)), "10.0.0.1", 1)
     config = config_from_dict({"pools": [["pool.example", 1800, "sub"]], "submit_response_from_server": True})
-    slot = SimpleNamespace(config=config, counters=counters, name="slot 0 (sub)")
+    slot = SimpleNamespace(config=config, counters=counters, name="slot 0 (sub)", reported=set())
     upstream = BTCAgentSession(slot, config.pools[0], sock=None)
     upstream._awaiting_response[5] = (miner, 7)  # share index 5, the miner's request id 7
     upstream._on_frame(ex.Frame(ex.CMD_SUBMIT_RESPONSE, ex.encode_submit_response(5, status)[4:]))
