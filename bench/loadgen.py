@@ -32,11 +32,16 @@ Recorded samples:
   BTCAgent pool (gagent's job id is tag * 256 + short id) and coinb2 for a plain stratum pool (its job ids
   do not reach the miners; the simulator's coinb2 is random per job and the agent passes it on as is).
 
-Shares are never hashed: a nonce is random. The extranonce2 has the size the agent's subscribe answer
-gives (4 bytes from a BTCAgent upstream; from a stratum one what the pool's extranonce2 leaves room for).
+A BTCAgent upstream's shares are never hashed: a nonce is random. Through a stratum upstream the agent
+checks every share against the miner's own difficulty (its `mining.set_difficulty`), so there a miner
+draws random nonces until the header hash meets that difficulty, as a real miner would; at a difficulty
+under 2^-32 (a target above 2^256) the first nonce does, and nothing is hashed. The extranonce2 has the
+size the agent's subscribe answer gives (4 bytes from a BTCAgent upstream; from a stratum one what the
+pool's extranonce2 leaves room for).
 """
 import argparse
 import errno
+import hashlib
 import json
 import os
 import random
@@ -44,6 +49,7 @@ import re
 import resource
 import select
 import socket
+import struct
 import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -58,6 +64,8 @@ CONNECTING, SUBSCRIBING, READY, CLOSED = range(4)
 
 # a submit record: [extranonce1, extranonce2, nonce, t_send, t_answer, answer]
 T_ANSWER, ANSWER = 4, 5
+DIFF1_TARGET = 0xFFFF << 208
+NO_TARGET = 1 << 256         # every hash meets it
 _ID_RE = re.compile(rb'"id"\s*:\s*(-?\d+)')
 _TRUE_RE = re.compile(rb'"result"\s*:\s*true\b')
 
@@ -74,7 +82,8 @@ class Miner:
     """One simulated miner connection."""
 
     __slots__ = ("index", "sock", "fd", "state", "buf", "en1", "en2_size", "authorized", "job", "ntime",
-                 "fresh", "next_id", "en2", "out", "note", "pending", "closed_in_storm", "authorized_at")
+                 "fresh", "next_id", "en2", "out", "note", "pending", "closed_in_storm", "authorized_at",
+                 "target")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -95,12 +104,14 @@ class Miner:
         self.pending: Optional[Dict[int, List[Any]]] = None  # submit id -> submit record, unanswered
         self.closed_in_storm = False   # the agent closed it since the last storm_begin
         self.authorized_at = 0.0       # time.time() of its authorize answer
+        self.target = NO_TARGET        # stratum upstream: what its difficulty asks of a header hash
 
 
 class NotifyInfo:
     """What a distinct notify line says, parsed once for every miner that receives it."""
 
-    __slots__ = ("job_id", "pool_en1", "ntime", "clean", "times", "stale", "submit_id", "index", "params")
+    __slots__ = ("job_id", "pool_en1", "ntime", "clean", "times", "stale", "submit_id", "index", "params",
+                 "_header_parts")
 
     def __init__(self, job_id: str, pool_en1: str, clean: bool, params: List[Any], index: int) -> None:
         self.job_id = job_id     # the job key (see the module docstring)
@@ -112,6 +123,23 @@ class NotifyInfo:
         self.index = index       # in LoadGen.notifies, and so in the samples
         self.times: List[float] = []
         self.stale = False       # sent before the last mark: does not make a miner fresh
+        self._header_parts: Optional[Tuple[bytes, bytes, List[bytes], bytes, bytes]] = None
+
+    def header76(self, extranonce: bytes) -> bytes:
+        """The first 76 bytes of the block header for a share with this extranonce1 ‖ extranonce2."""
+        if self._header_parts is None:
+            _, prevhash, coinb1, coinb2, branches, version, nbits, ntime = self.params[:8]
+            raw = bytes.fromhex(prevhash)
+            self._header_parts = (bytes.fromhex(coinb1), bytes.fromhex(coinb2),
+                                  [bytes.fromhex(b) for b in branches],
+                                  struct.pack("<I", int(version, 16)) + b"".join(
+                                      raw[i:i + 4][::-1] for i in range(0, 32, 4)),
+                                  struct.pack("<II", int(ntime, 16), int(nbits, 16)))
+        coinb1, coinb2, branches, head, tail = self._header_parts
+        root = sha256d(coinb1 + extranonce + coinb2)
+        for branch in branches:
+            root = sha256d(root + branch)
+        return head + root + tail
 
 
 class LoadGen:
@@ -141,7 +169,7 @@ class LoadGen:
         self.counts = {"connects": 0, "connect_errors": 0, "disconnects": 0, "submitted": 0,
                        "answers_true": 0, "answers_error": 0, "errors_other": 0, "notifies": 0,
                        "set_difficulty": 0, "reconnect_requests": 0,
-                       "authorize_errors": 0, "miners_closed": 0}
+                       "authorize_errors": 0, "miners_closed": 0, "hashes": 0}
         self.error_codes: Dict[str, int] = {}     # submit answers with an error, by code
         self.stale_keys: Optional[set] = None     # (pool_en1, job_id) the last mark called stale
         self.error_samples: List[str] = []
@@ -312,6 +340,8 @@ class LoadGen:
             return
         elif b"mining.set_difficulty" in line:
             self.counts["set_difficulty"] += 1
+            if self.pool_kind == "stratum":
+                m.target = min(NO_TARGET, int(DIFF1_TARGET / float(json.loads(line)["params"][0])))
         elif b"client.reconnect" in line:
             self.counts["reconnect_requests"] += 1
             self._drop(m)
@@ -395,7 +425,7 @@ class LoadGen:
     def _submit(self, m: Miner) -> None:
         m.en2 = (m.en2 + 1) & ((1 << 8 * m.en2_size) - 1)
         en2 = "%0*x" % (2 * m.en2_size, m.en2)
-        nonce = "%08x" % self.rand.getrandbits(32)
+        nonce = "%08x" % self._nonce(m, en2)
         msg_id = m.next_id
         m.next_id += 1
         line = ('{"id":%d,"method":"mining.submit","params":["%s.w%d","%s","%s","%s","%s"]}\n'
@@ -407,6 +437,18 @@ class LoadGen:
         m.pending[msg_id] = record
         self.counts["submitted"] += 1
         self._send(m, line.encode())
+
+    def _nonce(self, m: Miner, en2: str) -> int:
+        """A random nonce whose header hash meets the miner's target (any nonce when it is 2^256)."""
+        nonce = self.rand.getrandbits(32)
+        if m.target >= NO_TARGET:
+            return nonce
+        head = m.note.header76(bytes.fromhex(m.en1 + en2))
+        while int.from_bytes(sha256d(head + struct.pack("<I", nonce)), "little") > m.target:
+            self.counts["hashes"] += 1
+            nonce = self.rand.getrandbits(32)
+        self.counts["hashes"] += 1
+        return nonce
 
     def _submit_due(self, now: float) -> None:
         """Submit for as many miners as the even schedule says are due by `now`."""
@@ -565,6 +607,11 @@ def _command(gen: LoadGen, cmd: Dict[str, Any]) -> bool:
     elif name == "quit":
         return True
     return False
+
+
+def sha256d(data: bytes) -> bytes:
+    """Double SHA-256."""
+    return hashlib.sha256(hashlib.sha256(data).digest()).digest()
 
 
 def error_code(error: Any) -> int:

@@ -16,11 +16,12 @@ over the runs and a `ratio` object gives gagent / other for the headline figures
 
 `--pool-kind stratum` puts the plain stratum pool simulator (`StratumPoolSimulator`) in place of the
 BTCAgent one, and gives the agent a ``stratum+tcp://`` pool entry. The agent then checks every share by
-sha256d; the load generator does not hash (random nonces), so the agent's config gets a miner start
-difficulty under 2^-32, which every hash meets, and the pool a difficulty that a random hash meets with
-probability `--pool-share-fraction`: that share of the shares goes upstream, the rest the agent answers
-itself. Afterwards the driver hashes every submit as the miner saw its job to tell which shares had to
-reach the pool (see `StratumPoolRecorder`). `--compare-kinds` runs gagent against both pool kinds,
+sha256d, so its config gets a tiny miner start difficulty (`--miner-difficulty`, default 1e-9, the
+lowest it accepts: a random hash meets it with probability 0.23, and the load generator draws nonces
+until one does) and the pool a difficulty that a share meeting the miner's meets with probability
+`--pool-share-fraction`: that share of the shares goes upstream, the agent answers the rest itself.
+Afterwards the driver hashes every submit as the miner saw its job to tell which shares had to reach
+the pool (see `StratumPoolRecorder`). `--compare-kinds` runs gagent against both pool kinds,
 alternating, `--repeat` times each, and gives stratum / btcagent ratios.
 
 Prints one JSON document on stdout (a single run: the result object as before) and a short table on
@@ -64,7 +65,6 @@ SETTLE = 1.5               # seconds for the last answers and shares to land bef
 # stratum pool: (pool extranonce1, the pool's extranonce2 = miner extranonce1 ‖ extranonce2, nonce)
 ShareKey = Tuple[str, str, str]
 Submit = List[Any]                # a load generator submit record (see bench/loadgen.py)
-MINER_DIFFICULTY = 2.0 ** -40     # stratum pool: the agent's miner start difficulty; every hash meets it
 
 sys.path.insert(0, ROOT)
 
@@ -231,18 +231,20 @@ class PoolRecorder:
 class StratumPoolRecorder:
     """The plain stratum pool simulator plus what it saw, with PoolRecorder's interface.
 
-    The pool's difficulty is set so that a random header hash meets it with probability `fraction`.
-    A share that meets it must reach the pool; one that does not is answered by the agent alone.
+    The pool's difficulty is set so that a share meeting `miner_difficulty` (whose target may exceed
+    2^256: every hash meets it) meets the pool's with probability `fraction`. A share that meets it must
+    reach the pool; one that does not is answered by the agent alone.
     `pool_bound` tells them apart by hashing the share as the miner's job describes it (coinb1 there
     ends with the pool's extranonce1), independently of the agent.
     """
 
-    def __init__(self, fraction: float, extranonce1_size: int, extranonce2_size: int,
+    def __init__(self, fraction: float, miner_difficulty: float, extranonce1_size: int, extranonce2_size: int,
                  recv_buffer_size: Optional[int] = None) -> None:
         from gagent.protocol import hashing
         from gagent.sim.stratum_pool import StratumPoolSimulator
         self.hashing = hashing
-        self.difficulty = hashing.DIFF1_TARGET / (fraction * 2.0 ** 256)
+        miner_target = min(2.0 ** 256, hashing.DIFF1_TARGET / miner_difficulty)
+        self.difficulty = hashing.DIFF1_TARGET / (fraction * miner_target)
         self.target = hashing.target_for_difficulty(self.difficulty)
         self.share_times: Dict[ShareKey, float] = {}
         self.notify_times: Dict[Tuple[str, str], float] = {}
@@ -469,11 +471,12 @@ class Run:
             "connect_batch": args.connect_batch, "file_limit": raise_file_limit(), "pool_kind": self.kind})
         config = self.config
         if self.kind == "stratum":
-            self.recorder: Any = StratumPoolRecorder(args.pool_share_fraction, args.pool_extranonce1_size,
-                                                     args.pool_extranonce2_size, args.pool_recv_buffer)
+            self.recorder: Any = StratumPoolRecorder(args.pool_share_fraction, args.miner_difficulty,
+                                                     args.pool_extranonce1_size, args.pool_extranonce2_size,
+                                                     args.pool_recv_buffer)
             r.update({"pool_difficulty": self.recorder.difficulty, "pool_share_fraction": args.pool_share_fraction,
                       "pool_extranonce_sizes": [args.pool_extranonce1_size, args.pool_extranonce2_size],
-                      "miner_start_difficulty": MINER_DIFFICULTY})
+                      "miner_start_difficulty": args.miner_difficulty})
         else:
             self.recorder = PoolRecorder(args.difficulty, args.pool_recv_buffer)
         pool = self.recorder.pool
@@ -481,7 +484,7 @@ class Run:
         self.pool_port = pool.address[1]
         if self.kind == "stratum":
             config = deep_merge({"pools": [["stratum+tcp://" + HOST, self.pool_port, "bench", "x"]],
-                                 "advanced": {"miner_start_difficulty": MINER_DIFFICULTY}}, config)
+                                 "advanced": {"miner_start_difficulty": args.miner_difficulty}}, config)
         agent = loadgen = meter = None
         agent_log = None
         log_dir = os.path.join(OUT_DIR, "agent-%s.d" % self.stamp) if self.log_dir_flag else None
@@ -995,8 +998,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run gagent against a BTCAgent pool and a stratum pool, alternating (--repeat "
                         "times each); figures are medians, ratios stratum / btcagent")
     p.add_argument("--pool-share-fraction", type=float, default=0.125,
-                   help="stratum pool: its difficulty is set so that this fraction of the (random) "
-                        "shares meets it and goes upstream; the agent answers the rest itself")
+                   help="stratum pool: its difficulty is set so that this fraction of the miners' shares "
+                        "meets it and goes upstream; the agent answers the rest itself")
+    p.add_argument("--miner-difficulty", type=float, default=1e-9,
+                   help="stratum pool: the agent's advanced.miner_start_difficulty (default 1e-9, the "
+                        "lowest it takes: the load generator hashes ~4.3 nonces per share; under 2^-32 "
+                        "every nonce meets it and nothing is hashed)")
     p.add_argument("--pool-extranonce1-size", type=int, default=4, help="stratum pool: extranonce1 bytes")
     p.add_argument("--pool-extranonce2-size", type=int, default=8,
                    help="stratum pool: extranonce2 bytes (the agent gives miners a prefix of it)")
