@@ -18,9 +18,11 @@ from .protocol import stratum
 from .protocol.exmessage import (CMD_MINING_SET_DIFF, CMD_SUBMIT_RESPONSE, Frame, ProtocolError,
                                  StreamSplitter, decode_mining_set_diff, decode_submit_response,
                                  encode_register_worker, encode_submit_share, encode_unregister_worker)
-from .protocol.jobs import MAX_TAG, AgentJob, JobError, agent_notify, parse_miner_job_id
+from .protocol.jobs import AgentJob, JobError, agent_notify, parse_miner_job_id
+from .protocol.hashing import target_for_difficulty
+from .protocol.sharecheck import ERROR_CODES, Job, check, prepare_job
 from .protocol.stratum import JOB_NOT_FOUND_OR_STALE
-from .slot import AuthorizationRefused, PoolRefused, Reconnect
+from .slot import AuthorizationRefused, PoolRefused, Reconnect, new_connection_tag
 from .uplink import Uplink
 from .upstream_api import QUEUED, Miner
 
@@ -36,19 +38,17 @@ POOL_MAX_CONTAINERS = 64      # a notify with its merkle branches has 3
 RECV_SIZE = 65536
 FAN_OUT_BATCH = 256           # miners served between yields to the hub during a job fan-out
 DRAIN_POLL_SECONDS = 0.01
+DEFAULT_VERSION_MASK = 0x1FFFE000  # before the pool sent mining.set_version_mask
+NEVER_MET_DIFFICULTY = float(2 ** 64)  # local checks judge shares by the miner's difficulty only
 MAX_DIFF_EXP = 64             # MINING_SET_DIFF beyond 2^64 is not a difficulty
 SUBRES = "subres"  # the capability by which a pool offers submit responses (an answer per share)
 SUBMIT_RESPONSE_SILENCE_SECONDS = 10.0  # offered, yet no share answered for this long: answer on write
-
-
-_last_tag = 0  # connection tags, process-wide, 1..MAX_TAG cycling
 
 
 class BTCAgentSession:
     """One connected pool socket speaking the BTCAgent protocol (a `upstream_api.ProtocolSession`)."""
 
     def __init__(self, slot: "UpstreamSlot", pool: "PoolEntry", sock: Any) -> None:
-        global _last_tag
         self.slot = slot
         self.config = slot.config
         self.counters = slot.counters
@@ -57,6 +57,7 @@ class BTCAgentSession:
         self.miners: Dict[int, Miner] = {}
         self.ready = False
         self.extranonce1 = ""
+        self.extranonce1_bytes = b""
         self.difficulty: Optional[float] = None
         self.version_mask: Optional[int] = None
         self.pool_capabilities: Tuple[str, ...] = ()
@@ -66,9 +67,11 @@ class BTCAgentSession:
         self.broken = ""  # why the sending half failed, if it did
         self.uplink: Optional[Uplink] = None   # the sending half, while ready
         self._sent = (0, 0)  # bytes and frames the uplink sent, once it is closed
-        _last_tag = _last_tag % MAX_TAG + 1
-        self._tag = _last_tag  # every connection's job ids differ from every other's
+        self._tag = new_connection_tag()
         self._job_ntimes: List[Optional[int]] = [None] * 256
+        # advanced.check_shares_locally: each job prepared for hashing shares here, by short id
+        self._check_jobs: Optional[List[Optional[Job]]] = [None] * 256 if self.config.check_shares_locally else None
+        self._targets: Dict[float, int] = {}  # difficulty -> target
         self._submit_index = 0
         self._awaiting_response: Dict[int, Tuple[Miner, Any]] = {}  # share index -> (miner, id)
         self._authorized = False
@@ -101,10 +104,16 @@ class BTCAgentSession:
     def frames_sent(self) -> int:
         return self.uplink.frames_sent if self.uplink else self._sent[1]
 
+    def can_take(self, miner: Miner) -> bool:
+        """Every miner fits: its session id is its extranonce1."""
+        return True
+
     def attach(self, miner: Miner) -> None:
         """Register the miner upstream and give it version mask, difficulty and the job (clean)."""
         if miner.closed:
             return  # a miner that left while being placed must never be registered
+        if not miner.fit_extranonce(4, 4):  # subscribed while a plain stratum pool set the layout
+            return
         self.miners[miner.session_id] = miner
         miner.upstream = self
         job = self.last_job
@@ -140,6 +149,10 @@ class BTCAgentSession:
         job_ntime = self._job_ntimes[short_id]
         if job_ntime is None:
             return JOB_NOT_FOUND_OR_STALE
+        if self._check_jobs is not None:
+            error = self._check_locally(miner, short_id, extra_nonce2, ntime, nonce, version_mask)
+            if error:
+                return error
         frame = encode_submit_share(short_id, miner.session_id, extra_nonce2, nonce,
                                     None if ntime == job_ntime else ntime, version_mask)
         index = self._submit_index  # the pool counts every share, whether it answers them or not
@@ -152,6 +165,23 @@ class BTCAgentSession:
         else:
             self.uplink.queue_share(frame, miner, msg_id)  # answered once it reached the pool
         return QUEUED
+
+    def _check_locally(self, miner: Miner, short_id: int, extra_nonce2: int, ntime: int, nonce: int,
+                       version_bits: Optional[int]) -> int:
+        """advanced.check_shares_locally: the share hashed here; 23 (or 33 for version bits outside the
+        mask) instead of a frame the pool would refuse, 0 to send it."""
+        job = self._check_jobs[short_id]
+        difficulty = miner.difficulty
+        if job is None or not difficulty:
+            return 0
+        target = self._targets.get(difficulty)
+        if target is None:
+            if len(self._targets) > 64:
+                self._targets.clear()
+            target = self._targets[difficulty] = target_for_difficulty(difficulty)
+        extranonce2 = (miner.session_id << 32 | extra_nonce2).to_bytes(8, "big")  # its extranonce1, then its own
+        mask = self.version_mask if self.version_mask is not None else DEFAULT_VERSION_MASK
+        return ERROR_CODES.get(check(job, extranonce2, ntime, nonce, version_bits, mask, target).verdict, 0)
 
     def _check_submit_responses_heard(self) -> None:
         """A pool that offered submit responses but answers no share must not leave miners waiting."""
@@ -344,6 +374,7 @@ class BTCAgentSession:
         if not stratum.is_hex(extranonce1, 8):
             raise PoolRefused("extranonce1 %.40r is not 8 hex digits" % extranonce1)
         self.extranonce1 = extranonce1.lower()
+        self.extranonce1_bytes = bytes.fromhex(extranonce1)
 
     def _on_set_difficulty(self, params: Any) -> None:
         if self.difficulty is not None:
@@ -376,6 +407,8 @@ class BTCAgentSession:
             self._report("bad-notify", "ignoring malformed mining.notify: %s" % exc)
             return
         self._job_ntimes[job.short_id] = job.ntime
+        if self._check_jobs is not None:  # the pool's difficulty is per miner: only miner targets count
+            self._check_jobs[job.short_id] = prepare_job(params, self.extranonce1_bytes, NEVER_MET_DIFFICULTY)
         self.last_job = job
         self.slot.owner.job_seen(job.params)
         started = time.perf_counter()

@@ -31,7 +31,8 @@ def effective_settings(config: Config) -> Dict[str, Any]:
         if key == "check_config":
             continue
         if key == "pools":
-            value = [list(pool) for pool in value]
+            value = [{"pool": pool.label, "kind": pool.kind, "user": pool.sub_account,
+                      "password": MASK if pool.password not in ("", "x") else pool.password} for pool in value]
         elif key == "proxy":
             value = [redact_url(url) for url in value]
         elif SECRET_KEY.search(key) and isinstance(value, str) and value:

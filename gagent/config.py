@@ -20,9 +20,25 @@ class ConfigError(ValueError):
 
 
 class PoolEntry(NamedTuple):
+    """One pool of the `pools` list. `host` has no scheme; `kind` is "btcagent" (a bare host) or "stratum"
+    (`stratum+tcp://`, `stratum+ssl://`, `stratum+tls://`); `tls` None means `pool_use_tls`."""
     host: str
     port: int
     sub_account: str
+    kind: str = "btcagent"
+    password: str = "x"
+    tls: Optional[bool] = None
+    extranonce_subscribe: bool = False  # "#xnsub" after the host: ask for mining.set_extranonce
+    worker_names: bool = False  # authorize each worker upstream as user.worker and submit under its name
+
+    @property
+    def label(self) -> str:
+        """host:port as an operator wrote it, with the kind."""
+        scheme = "" if self.kind == "btcagent" else ("stratum+ssl://" if self.tls else "stratum+tcp://")
+        return "%s%s:%d" % (scheme, self.host, self.port)
+
+
+POOL_SCHEMES = {"stratum+tcp": False, "stratum+ssl": True, "stratum+tls": True}
 
 
 # key: (default, type name for messages, section) — section "advanced" keys live under "advanced" in JSON.
@@ -58,6 +74,9 @@ ADVANCED_DEFAULTS: Dict[str, Any] = {
     "miner_backlog_limit_bytes": 1 << 20,
     "upstream_grace_seconds": 30.0,
     "share_answer_after": "tcp",
+    "miner_share_interval_seconds": 10.0,
+    "miner_start_difficulty": 65536.0,
+    "check_shares_locally": False,
     "pool_failback_seconds": 300.0,
 }
 # Keys of the original agents that have no meaning here; accepted silently.
@@ -97,6 +116,9 @@ class Config:
     miner_backlog_limit_bytes: int
     upstream_grace_seconds: float
     share_answer_after: str
+    miner_share_interval_seconds: float
+    miner_start_difficulty: float
+    check_shares_locally: bool
     pool_failback_seconds: float
     log_dir: Optional[str]
     log_level: str
@@ -137,7 +159,8 @@ def _expect_str(key: str, value: Any) -> str:
 
 
 def _parse_pools(value: Any) -> List[PoolEntry]:
-    expected = 'pools: expected a non-empty list of [host, port, sub-account], e.g. [["btc.pool.example", 1800, "mysub"]]'
+    expected = ('pools: expected a non-empty list of [host, port, sub-account] or [host, port, user, password], '
+                'e.g. [["btc.pool.example", 1800, "mysub"]] or [["stratum+tcp://pool.example.com", 3333, "me", "x"]]')
     if isinstance(value, str):
         try:
             value = simplejson.loads(value)
@@ -147,16 +170,57 @@ def _parse_pools(value: Any) -> List[PoolEntry]:
         raise ConfigError(expected + ", got %r" % (value,))
     pools = []
     for n, entry in enumerate(value):
-        if not isinstance(entry, (list, tuple)) or len(entry) != 3:
-            raise ConfigError("pools[%d]: expected [host, port, sub-account], got %r" % (n, entry))
-        host, port, sub = entry
+        if not isinstance(entry, (list, tuple)) or len(entry) not in (3, 4, 5):
+            raise ConfigError("pools[%d]: expected [host, port, sub-account] or [host, port, user, password"
+                              "(, options)], got %r" % (n, entry))
+        host, port, sub = entry[:3]
+        password = entry[3] if len(entry) >= 4 else "x"
+        options = entry[4] if len(entry) == 5 else {}
         if not isinstance(host, str) or not host:
             raise ConfigError("pools[%d]: host must be a non-empty string, got %r" % (n, host))
         port = _expect_number("pools[%d] port" % n, port, True, 1, 65535)
         if not isinstance(sub, str):
             raise ConfigError("pools[%d]: sub-account must be a string, got %r" % (n, sub))
-        pools.append(PoolEntry(host, port, sub))
+        if not isinstance(password, str):
+            raise ConfigError("pools[%d]: password must be a string, got %r" % (n, password))
+        pool = _pool_entry(n, host, port, sub, password)
+        pools.append(pool._replace(**_pool_options(n, pool, options)) if options else pool)
     return pools
+
+
+POOL_OPTIONS = ("worker_names", "extranonce_subscribe")
+
+
+def _pool_options(n: int, pool: PoolEntry, options: Any) -> Dict[str, bool]:
+    """The fifth element of a plain stratum pool entry: {"worker_names": true, "extranonce_subscribe": true}."""
+    if not isinstance(options, dict):
+        raise ConfigError("pools[%d]: the fifth element must be an object of options, got %r" % (n, options))
+    if pool.kind != "stratum":
+        raise ConfigError("pools[%d]: options are for stratum+tcp:// pools only" % n)
+    unknown = sorted(set(options) - set(POOL_OPTIONS))
+    if unknown:
+        raise ConfigError("pools[%d]: unknown option %r; expected %s" % (n, unknown[0], ", ".join(POOL_OPTIONS)))
+    return {key: _expect_bool("pools[%d] %s" % (n, key), value) for key, value in options.items()}
+
+
+def _pool_entry(n: int, host: str, port: int, sub: str, password: str) -> PoolEntry:
+    """A bare host speaks the BTCAgent protocol; stratum+tcp:// (or +ssl://, +tls://) plain stratum v1."""
+    if "://" not in host:
+        return PoolEntry(host, port, sub, password=password)
+    scheme, _, rest = host.partition("://")
+    if scheme.lower() not in POOL_SCHEMES:
+        raise ConfigError("pools[%d]: unknown scheme %r; expected a bare host (BTCAgent protocol) or "
+                          "stratum+tcp://, stratum+ssl:// or stratum+tls://" % (n, scheme))
+    rest, _, fragment = rest.partition("#")
+    rest = rest.rstrip("/")
+    if not rest or "/" in rest or (":" in rest and not rest.startswith("[")):
+        raise ConfigError("pools[%d]: expected stratum+tcp://HOST with the port as the second element, got %r"
+                          % (n, host))
+    if fragment not in ("", "xnsub"):
+        raise ConfigError("pools[%d]: unknown option #%s (only #xnsub, to ask for mining.set_extranonce)"
+                          % (n, fragment))
+    return PoolEntry(rest.strip("[]"), port, sub, "stratum", password, POOL_SCHEMES[scheme.lower()],
+                     fragment == "xnsub")
 
 
 # The Go agent's spellings: "system" is the first proxy environment variable that is set; socks4 and
@@ -224,7 +288,7 @@ def validate(raw: Dict[str, Any]) -> Config:
     for key in ("multi_user_mode", "always_keep_downconn", "disconnect_when_lost_asicboost",
                 "use_ip_as_worker_name", "submit_response_from_server", "pool_use_tls",
                 "tls_skip_certificate_verify", "http_per_worker_metrics", "use_proxy",
-                "direct_connect_with_proxy", "direct_connect_after_proxy"):
+                "direct_connect_with_proxy", "direct_connect_after_proxy", "check_shares_locally"):
         values[key] = _expect_bool(key, values[key])
     values["agent_listen_port"] = _expect_number("agent_listen_port", values["agent_listen_port"], True, 0, 65535)
     values["pool_connection_number_per_subaccount"] = _expect_number(
@@ -234,7 +298,9 @@ def validate(raw: Dict[str, Any]) -> Config:
                            ("fake_job_notify_interval_seconds", 1, 3600),
                            ("upstream_flush_delay_ms", 0, 1000),
                            ("upstream_grace_seconds", 0, 86400),
-                           ("pool_failback_seconds", 1, 86400)):
+                           ("pool_failback_seconds", 1, 86400),
+                           ("miner_share_interval_seconds", 1, 3600),
+                           ("miner_start_difficulty", 1e-9, 2 ** 64)):
         values[key] = float(_expect_number(key, values[key], False, low, high))
     values["miner_backlog_limit_bytes"] = _expect_number(
         "miner_backlog_limit_bytes", values["miner_backlog_limit_bytes"], True, 4096, 1 << 30)

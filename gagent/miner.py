@@ -9,7 +9,7 @@ import logging
 import math
 import sys
 import time
-from typing import Any, Optional, Protocol
+from typing import Any, Optional, Protocol, Tuple
 
 from gevent import get_hub
 from greenlet import getcurrent, greenlet
@@ -29,12 +29,11 @@ MAX_LINE = 16 * 1024
 RECV_SIZE = 4096
 ASICBOOST_LOSS_THRESHOLD = 100
 _switch = greenlet.switch
-EXTRANONCE2_SIZE = 4
-# Answered true and otherwise ignored: Antminer firmware treats an error to extranonce.subscribe as
-# fatal (with "#xnsub" pool URLs), a miner waiting for multi_version hangs without an answer, and
-# cgminer shows an error to suggest_difficulty as a rejected share. gagent never sends set_extranonce.
-ACKNOWLEDGED_METHODS = frozenset(("mining.extranonce.subscribe", "mining.multi_version",
-                                  "mining.suggest_difficulty", "mining.suggest_target"))
+# Answered true and otherwise ignored: a miner waiting for multi_version hangs without an answer, and
+# cgminer shows an error to suggest_difficulty as a rejected share. (mining.extranonce.subscribe is
+# answered true too: Antminer firmware treats an error to it as fatal; it is remembered, since a
+# plain stratum pool's connection may then tell the miner a new extranonce instead of a reconnect.)
+ACKNOWLEDGED_METHODS = frozenset(("mining.multi_version", "mining.suggest_difficulty", "mining.suggest_target"))
 DEFAULT_OFFERED_MASK = 0x1FFFE000  # before any pool mask is known (BIP320's general-purpose bits)
 HASHRATE_WINDOW = 600.0  # seconds: hashrate is accepted difficulty over about the last 10 minutes
 _now = time.time
@@ -47,6 +46,7 @@ class MinerHost(Protocol):
     config: Config
     counters: Counters
     clock: float  # wall-clock seconds, refreshed every second
+    extranonce_sizes: Tuple[int, int]  # (extranonce1, extranonce2) bytes a subscribing miner is told
 
     def subscribed(self, miner: "MinerSession") -> None: ...
     def forget(self, miner: "MinerSession") -> None: ...
@@ -61,6 +61,7 @@ class MinerSession:
     __slots__ = ("agent", "sock", "peer_ip", "session_id", "user_agent", "subscribed",
                  "worker_name", "sub_account", "upstream", "version_rolling", "asicboost_shares",
                  "connected_at", "difficulty", "accepted", "rejected", "last_share_at",
+                 "extranonce1_size", "extranonce2_size", "set_extranonce_ok",
                  "_work", "_backlog", "_read_watcher", "_write_watcher", "_greenlet", "closed")
 
     def __init__(self, agent: MinerHost, sock: Any, peer_ip: str, session_id: int) -> None:
@@ -80,6 +81,9 @@ class MinerSession:
         self.accepted = 0
         self.rejected = 0
         self.last_share_at = 0.0
+        self.extranonce1_size = 4   # bytes of extranonce1 (its prefix) and extranonce2 it was told
+        self.extranonce2_size = 4
+        self.set_extranonce_ok = False  # it sent mining.extranonce.subscribe
         self._work = 0.0  # accepted difficulty, decayed with HASHRATE_WINDOW, as of last_share_at
         self._backlog: Optional[bytearray] = None
         self._read_watcher: Any = None
@@ -167,6 +171,9 @@ class MinerSession:
             self.on_authorize(msg_id, params)
         elif method == "mining.configure":
             self.on_configure(msg_id, params)
+        elif method == "mining.extranonce.subscribe":
+            self.set_extranonce_ok = True
+            self.send(true_line(msg_id))
         elif method in ACKNOWLEDGED_METHODS:
             self.send(true_line(msg_id))
         else:
@@ -182,9 +189,11 @@ class MinerSession:
         self.agent.subscribed(self)
         if params and isinstance(params[0], str) and params[0].isascii():
             self.user_agent = sys.intern(params[0][:64])  # one copy per firmware, not per miner
+        self.extranonce1_size, self.extranonce2_size = self.agent.extranonce_sizes
+        extranonce1 = "%0*x" % (2 * self.extranonce1_size, self.session_id & ((1 << 8 * self.extranonce1_size) - 1))
         sid = "%08x" % self.session_id
         self.send(result_line(msg_id, [[["mining.set_difficulty", sid], ["mining.notify", sid]],
-                                       sid, EXTRANONCE2_SIZE]))
+                                       extranonce1, self.extranonce2_size]))
 
     def on_authorize(self, msg_id: Any, params: list) -> None:
         if not self.subscribed:
@@ -231,7 +240,7 @@ class MinerSession:
         if len(params) < 5:
             self.share_answered(msg_id, ILLEGAL_PARAMS)
             return
-        extra_nonce2 = parse_extranonce2(params[2])
+        extra_nonce2 = parse_extranonce2(params[2], self.extranonce2_size)
         ntime = parse_hex32(params[3])
         nonce = parse_hex32(params[4])
         rolled = len(params) > 5 and params[5] is not None  # a null sixth param means no mask (as btcpool)
@@ -249,6 +258,23 @@ class MinerSession:
                      self.peer_ip, self.worker_name)
             self.asicboost_shares = 0
             self.send(CLIENT_RECONNECT_LINE)
+
+    def fit_extranonce(self, extranonce1_size: int, extranonce2_size: int) -> bool:
+        """Make the miner's extranonce the layout an upstream needs: already so, or told it with
+        mining.set_extranonce if it asked for that; otherwise it is asked to reconnect (and subscribe
+        again) and closed, and False is returned."""
+        if (self.extranonce1_size, self.extranonce2_size) == (extranonce1_size, extranonce2_size):
+            return True
+        if self.set_extranonce_ok:
+            self.extranonce1_size, self.extranonce2_size = extranonce1_size, extranonce2_size
+            extranonce1 = "%0*x" % (2 * extranonce1_size, self.session_id & ((1 << 8 * extranonce1_size) - 1))
+            self.send(stratum.notification_line("mining.set_extranonce", [extranonce1, extranonce2_size]))
+            return True
+        log.info("miner %s (%s) subscribed with another extranonce layout; asking it to reconnect",
+                 self.peer_ip, self.worker_name)
+        self.send(CLIENT_RECONNECT_LINE)
+        self.close()
+        return False
 
     def share_answered(self, msg_id: Any, code: int) -> None:
         """Answer a share: `true` when `code` is 0, else the error; counted for the status page."""

@@ -25,6 +25,7 @@ log = logging.getLogger("gagent.poolset")
 
 GRACE_CHECK_SECONDS = 1.0
 DRAIN_SECONDS = 3.0
+MAX_CONNECTIONS = 128  # per pool set, when full connections make it open more
 FAN_OUT_BATCH = 256  # miners handled between yields to the hub when many move at once
 _NO_ANSWER = object()
 
@@ -108,6 +109,7 @@ class PoolSet:
         self._fake_sequence = 0
         self._stopped = False
         self.on_ready: Any = None  # called with a connection that became ready (the agent's ready event)
+        self.on_layout: Any = None  # called with (prefix size, miner extranonce2 size) a stratum pool gave
 
     # ---- what the agent and the status page read ------------------------------------------------
 
@@ -188,21 +190,37 @@ class PoolSet:
             miner.close()
 
     def place(self, miner: Miner) -> None:
-        """Attach an authorized miner to the least-loaded ready connection, or hold it."""
-        target = self._least_loaded()
+        """Attach an authorized miner to the least-loaded ready connection that has room, or hold it."""
+        target = self._least_loaded(miner)
         if target is not None:
             target.attach(miner)
             return
         self.holding.attach(miner)
         self.counters.miners_held += 1
+        if self.ready:
+            self._grow()
         self._keep_grace()
 
-    def _least_loaded(self) -> Optional[UpstreamSlot]:
+    def _least_loaded(self, miner: Optional[Miner] = None) -> Optional[UpstreamSlot]:
+        """The ready connection with the fewest miners (that has room for `miner`, if given)."""
         best = None
         for conn in self.connections:
-            if conn.ready and (best is None or conn.miner_count < best.miner_count):
+            if conn.ready and (best is None or conn.miner_count < best.miner_count) and (
+                    miner is None or conn.can_take(miner)):
                 best = conn
         return best
+
+    def _grow(self) -> None:
+        """Every ready connection is full for a miner (a 1-byte extranonce prefix holds 256 miners):
+        open one more connection, unless one is already on its way or the cap is reached."""
+        if any(not conn.ready for conn in self.connections) or len(self.connections) >= MAX_CONNECTIONS:
+            return
+        conn = self.new_slot(self, len(self.connections), False)
+        self.connections.append(conn)
+        log.info("%s: the ready connections have no room for more miners (the pool's extranonce2 leaves "
+                 "a 1-byte prefix: 256 miners per connection); opening connection %d", self.sub_account,
+                 conn.slot)
+        conn.start()
 
     # ---- events from connections ---------------------------------------------------------------
 
@@ -238,6 +256,10 @@ class PoolSet:
         """Remember the newest real job: fake jobs are built from it."""
         self.last_job_params = params
 
+    def layout_seen(self, prefix_size: int, miner_extranonce2_size: int) -> None:
+        if self.on_layout is not None:
+            self.on_layout((prefix_size, miner_extranonce2_size))
+
     def failback_attempt_failed(self, attempt: UpstreamSlot) -> None:
         if self._failback_attempts.get(attempt.slot) is attempt:
             del self._failback_attempts[attempt.slot]
@@ -251,24 +273,26 @@ class PoolSet:
     def _release_held(self) -> None:
         """Move held miners to ready connections, spread by load, yielding between batches."""
         moved = 0
+        no_room = False
         started = gevent.get_hub().loop.now()
-        while self.holding.miners and not self._stopped:
-            batch = list(self.holding.miners.values())[:FAN_OUT_BATCH]
-            for miner in batch:
-                target = self._least_loaded()
-                if target is None:
-                    break
-                if not miner.closed:
-                    self._answer_authorize(miner)  # before any job: "true" first, as a pool would
-                self.holding.detach(miner)
-                if miner.closed:  # it left, or the answer found its socket reset
-                    continue
-                target.attach(miner)
-                moved += 1
-            else:
-                gevent.sleep(0)
+        for miner in yielding(list(self.holding.miners.values()), FAN_OUT_BATCH):
+            if self._stopped or not self.ready:
+                break  # no connection ready any more: the rest stay held
+            if self.holding.miners.get(miner.session_id) is not miner:
+                continue  # it left meanwhile
+            target = self._least_loaded(miner)
+            if target is None:
+                no_room = True
                 continue
-            break  # no connection ready any more: the rest stay held
+            if not miner.closed:
+                self._answer_authorize(miner)  # before any job: "true" first, as a pool would
+            self.holding.detach(miner)
+            if miner.closed:  # it left, or the answer found its socket reset
+                continue
+            target.attach(miner)
+            moved += 1
+        if no_room and not self._stopped and self.ready:
+            self._grow()
         if moved:
             self.counters.miners_moved += moved
             log.info("%s: %d miners given work on ready connections (%.2f s); %d still held",

@@ -23,6 +23,7 @@ from .poolset import PoolSet
 from .sessionids import SessionIdAllocator
 from .btcagent import BTCAgentSession
 from .slot import UpstreamSlot
+from .stratumv1 import StratumSession
 from .upstream_api import ProtocolSession
 from .protocol.stratum import INVALID_USERNAME, error_line
 from .workers import split_login, worker_name
@@ -95,6 +96,7 @@ class Agent:
             main = PoolSet(config, config.pools[0].sub_account, config.pools, self.counters, self.open_pool_socket,
                            self._new_slot)
             main.on_ready = self._upstream_ready
+            main.on_layout = self._layout_seen
             self.pool_sets[main.sub_account] = main
         self._proxies = [parse_proxy_url(url) for url in config.proxy]
         self._unsubscribed: Set[MinerSession] = set()  # connected, not subscribed yet
@@ -106,6 +108,9 @@ class Agent:
         # instead of each holding its own (10,000 miners, 24 bytes each, twice).
         self.clock = time.time()
         self._clock_timer: Any = None
+        # (extranonce1, extranonce2) bytes a subscribing miner is told: BTCAgent's 4 + 4 until a plain
+        # stratum pool says what its extranonce2 leaves room for.
+        self.extranonce_sizes: Tuple[int, int] = (4, 4)
 
     @property
     def address(self) -> Tuple[str, int]:
@@ -161,7 +166,7 @@ class Agent:
     def _open_route(self, pool: PoolEntry, proxies: Any) -> Any:
         config = self.config
         return open_pool_socket(pool.host, pool.port, config.pool_connection_dial_timeout_seconds,
-                                proxies=proxies, tls=config.pool_use_tls,
+                                proxies=proxies, tls=config.pool_use_tls if pool.tls is None else pool.tls,
                                 verify=not config.tls_skip_certificate_verify, ca_file=config.tls_ca_file or None)
 
     def start(self) -> None:
@@ -176,7 +181,7 @@ class Agent:
             pool_set.start()
         self._sweeper = gevent.spawn(self._sweep_loop)
         log.info("listening for miners on %s:%d; pools: %s", *self.address,
-                 ", ".join("%s:%d (%s)" % pool for pool in self.config.pools))
+                 ", ".join("%s (%s, %s)" % (pool.label, pool.sub_account, pool.kind) for pool in self.config.pools))
 
     def wait_ready(self, timeout: Optional[float] = None) -> bool:
         """Block until a pool connection is authorized."""
@@ -261,10 +266,11 @@ class Agent:
             return next(iter(self.pool_sets.values()))
         pool_set = self.pool_sets.get(sub_account)
         if pool_set is None:
-            pools = [PoolEntry(pool.host, pool.port, sub_account) for pool in self.config.pools]
+            pools = [pool._replace(sub_account=sub_account) for pool in self.config.pools]
             pool_set = PoolSet(self.config, sub_account, pools, self.counters, self.open_pool_socket,
                                self._new_slot, answer_at_once=False)
             pool_set.on_ready = self._upstream_ready
+            pool_set.on_layout = self._layout_seen
             self.pool_sets[sub_account] = pool_set
             log.info("sub-account %s: first miner; opening %d pool connections", sub_account,
                      self.config.pool_connection_number_per_subaccount)
@@ -277,6 +283,12 @@ class Agent:
 
     def _upstream_ready(self, upstream: UpstreamSlot) -> None:
         self._ready.set()
+
+    def _layout_seen(self, sizes: Tuple[int, int]) -> None:
+        if sizes != self.extranonce_sizes:
+            log.info("miners subscribing from now on get a %d-byte extranonce1 and a %d-byte extranonce2",
+                     *sizes)
+            self.extranonce_sizes = sizes
 
     def _close_idle_pool_sets(self) -> None:
         """Multi-user: a sub-account's connections close a while after its last miner left."""
@@ -310,4 +322,6 @@ class Agent:
 
 def _new_session(slot: UpstreamSlot, pool: PoolEntry, sock: Any) -> ProtocolSession:
     """The protocol session for a connected pool entry: the one place that knows the upstream kinds."""
+    if pool.kind == "stratum":
+        return StratumSession(slot, pool, sock)
     return BTCAgentSession(slot, pool, sock)

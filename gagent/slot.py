@@ -17,6 +17,7 @@ from .config import Config, PoolEntry
 from .counters import Counters
 from .errors import log_unexpected
 from .protocol.exmessage import ProtocolError
+from .protocol.jobs import MAX_TAG
 from .upstream_api import Miner, ProtocolSession, SlotOwner
 
 log = logging.getLogger("gagent.upstream")
@@ -39,6 +40,14 @@ class Reconnect(Exception):
 
 
 SessionFactory = Callable[["UpstreamSlot", PoolEntry, Any], ProtocolSession]
+_last_tag = 0  # connection tags, process-wide, 1..MAX_TAG cycling
+
+
+def new_connection_tag() -> int:
+    """A tag for a new pool connection: every connection's job ids differ from every other's."""
+    global _last_tag
+    _last_tag = _last_tag % MAX_TAG + 1
+    return _last_tag
 
 
 class UpstreamSlot:
@@ -125,6 +134,10 @@ class UpstreamSlot:
     def frames_received(self) -> int:
         return self._traffic(3, "frames_received")
 
+    def can_take(self, miner: Miner) -> bool:
+        session = self.session
+        return session is not None and session.ready and session.can_take(miner)
+
     def attach(self, miner: Miner) -> None:
         """Give a miner to the ready session."""
         self.session.attach(miner)
@@ -153,6 +166,10 @@ class UpstreamSlot:
         if self.session is not None:
             self.session.drain(deadline)
         self.stop()
+
+    def layout_seen(self, prefix_size: int, miner_extranonce2_size: int) -> None:
+        """Called by a plain stratum session that learnt its pool's extranonce layout."""
+        self.owner.layout_seen(prefix_size, miner_extranonce2_size)
 
     def session_ready(self) -> None:
         """Called by the session once miners can be attached."""

@@ -27,6 +27,12 @@ class Miner(Protocol):
     difficulty: Optional[float]   # the last difficulty sent to it
     upstream: Optional["Upstream"]
     closed: bool
+    extranonce1_size: int         # bytes of extranonce1 and extranonce2 it was told at subscribe
+    extranonce2_size: int
+    set_extranonce_ok: bool       # it asked for mining.set_extranonce
+
+    def fit_extranonce(self, extranonce1_size: int, extranonce2_size: int) -> bool:
+        """Give it this extranonce layout (set_extranonce), or have it reconnect (False)."""
 
     def send(self, data: bytes) -> None:
         """Queue bytes for the miner; never blocks."""
@@ -76,6 +82,9 @@ class ProtocolSession(Upstream, Protocol):
     frames_received: int
     frames_sent: int
 
+    def can_take(self, miner: Miner) -> bool:
+        """Room for this miner (its extranonce prefix is free here)."""
+
     def serve(self) -> None:
         """Handshake and read until the connection ends; always ends by raising."""
 
@@ -100,6 +109,9 @@ class SlotOwner(Protocol):
 
     def authorization_refused(self, slot: Any, reason: str) -> None:
         """A pool refused the sub-account."""
+
+    def layout_seen(self, prefix_size: int, miner_extranonce2_size: int) -> None:
+        """A plain stratum pool's extranonce layout: what miners that subscribe from now on are told."""
 
     def failback_attempt_failed(self, slot: Any) -> None:
         """A failback attempt found the first pool still unavailable and ended."""

@@ -93,7 +93,7 @@ def test_check_config_prints_the_effective_settings_with_secrets_masked(tmp_path
     result = run_gagent("--check-config", "-c", str(conf), "--agent-listen-port", "3334")
     assert result.returncode == 0, result.stderr
     settings = json.loads(result.stdout)
-    assert settings["pools"] == [["pool.example", 1800, "mysub"]]
+    assert settings["pools"] == [{"pool": "pool.example:1800", "kind": "btcagent", "user": "mysub", "password": "x"}]
     assert settings["agent_listen_port"] == 3334            # the command line wins
     assert settings["pool_connection_number_per_subaccount"] == 3
     assert settings["http_listen"] == "" and settings["log_max_bytes"] == 50 << 20

@@ -53,15 +53,38 @@ def test_command_line_beats_environment_beats_file(tmp_path):
 
 def test_pools_from_command_line_and_environment():
     config = load_config(["--pools", "a.example:1800:s1,b.example:443:s2"], environ={})
-    assert [tuple(p) for p in config.pools] == [("a.example", 1800, "s1"), ("b.example", 443, "s2")]
+    assert [tuple(p)[:3] for p in config.pools] == [("a.example", 1800, "s1"), ("b.example", 443, "s2")]
+    assert {p.kind for p in config.pools} == {"btcagent"}
     config = load_config([], environ={"GAGENT_POOLS": '[["c.example", 3333, "s3"]]'})
-    assert [tuple(p) for p in config.pools] == [("c.example", 3333, "s3")]
+    assert [tuple(p)[:3] for p in config.pools] == [("c.example", 3333, "s3")]
+
+
+def test_pool_kinds_from_the_host_scheme():
+    """A bare host speaks the BTCAgent protocol; stratum+tcp:// plain stratum, +ssl:// and +tls:// over
+    TLS; the fourth element is the password; #xnsub asks the pool for mining.set_extranonce."""
+    config = config_from_dict({"pools": [
+        ["btc.example", 1800, "sub"],
+        ["stratum+tcp://solo.example", 3333, "bc1qaddr"],
+        ["stratum+ssl://ssl.example", 443, "acct.rig", "d=65536"],
+        ["STRATUM+TLS://tls.example#xnsub", 443, "acct"],
+        ["stratum+tcp://[2001:db8::1]", 3333, "acct"]]})
+    pools = config.pools
+    assert [(p.host, p.port, p.kind, p.tls, p.password) for p in pools] == [
+        ("btc.example", 1800, "btcagent", None, "x"), ("solo.example", 3333, "stratum", False, "x"),
+        ("ssl.example", 443, "stratum", True, "d=65536"), ("tls.example", 443, "stratum", True, "x"),
+        ("2001:db8::1", 3333, "stratum", False, "x")]
+    assert [p.extranonce_subscribe for p in pools] == [False, False, False, True, False]
+    assert pools[1].label == "stratum+tcp://solo.example:3333" and pools[0].label == "btc.example:1800"
 
 
 @pytest.mark.parametrize("data, key", [
     ({}, "pools"),
     ({"pools": []}, "pools"),
     ({"pools": [["h", 1800]]}, "pools[0]"),
+    ({"pools": [["stratum+udp://h", 1800, "s"]]}, "pools[0]"),
+    ({"pools": [["stratum+tcp://h:3333", 3333, "s"]]}, "pools[0]"),
+    ({"pools": [["stratum+tcp://h#nope", 3333, "s"]]}, "pools[0]"),
+    ({"pools": [["stratum+tcp://h", 3333, "s", 5]]}, "pools[0]"),
     ({"pools": [["h", 70000, "s"]]}, "pools[0] port"),
     ({"pools": [["h", 1, "s"]], "agent_listen_port": "http"}, "agent_listen_port"),
     ({"pools": [["h", 1, "s"]], "use_ip_as_worker_name": "maybe"}, "use_ip_as_worker_name"),

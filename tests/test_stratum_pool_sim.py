@@ -306,19 +306,25 @@ def test_strict_worker_names_refuse_a_name_never_authorized(make_pool, connect):
     assert pool.stats["acct.a"].accepted == 1 and pool.stats["acct.a"].reasons == {"unauthorized": 1}
 
 
-def test_set_extranonce_then_shares_checked_with_the_new_extranonce1(make_pool, connect):
+def test_set_extranonce_applies_to_the_jobs_sent_after_it(make_pool, connect):
     pool = make_pool()
     client, bystander = connect(pool), connect(pool)
     client.login()
     bystander.login()
     xnsub = client.answer(client.request("mining.extranonce.subscribe", []))
     assert xnsub == {"id": 3, "result": True, "error": None}
-    old_en1, old_size = client.en1, client.size
+    old_en1, old_size, old_job = client.en1, client.size, client.job
     pool.set_extranonce(None, size=4)  # None: only connections that subscribed to it
     params = client.read_until(lambda m: m.get("method") == "mining.set_extranonce")[-1]["params"]
     client.en1, client.size = params
     assert client.size == 4 and client.en1 != old_en1 and client.en1 == pool.connections[0].extranonce1
     assert pool.connections[1].extranonce1 == bystander.en1
+    # the job sent before the change keeps the extranonce it came with
+    before, value = client.share(job=old_job, en1=old_en1, size=old_size)
+    assert client.submit(before)["result"] is True
+    assert (pool.shares[-1].extranonce1, pool.shares[-1].hash_value) == (old_en1, value)
+    pool.new_job()
+    client.job = client.read_until(lambda m: m.get("method") == "mining.notify")[-1]["params"]
     fresh, value = client.share()
     assert client.submit(fresh)["result"] is True
     assert (pool.shares[-1].extranonce1, pool.shares[-1].hash_value) == (client.en1, value)

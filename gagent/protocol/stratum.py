@@ -41,7 +41,6 @@ STATUS_MESSAGES = {
 
 _WORKER_NAME_DROP = re.compile(r"[^A-Za-z0-9,=/.\-_:|^]")
 _HEX32 = re.compile(r"[0-9a-fA-F]{1,8}\Z")
-_HEX_EXACT8 = re.compile(r"[0-9a-fA-F]{8}\Z")
 
 _HEX_EVEN = re.compile(r"(?:[0-9a-fA-F]{2})*\Z")
 _SHORT_JOB_ID = re.compile(r"[0-9]{1,3}\Z")
@@ -176,8 +175,8 @@ def is_hex(value: Any, length: Optional[int] = None) -> bool:
             and _HEX_EVEN.match(value) is not None)
 
 
-def parse_extranonce2(value: Any) -> Optional[int]:
-    """A miner's extranonce2: exactly 8 hex digits (4 bytes), else None."""
-    if isinstance(value, str) and _HEX_EXACT8.match(value):
+def parse_extranonce2(value: Any, size: int = 4) -> Optional[int]:
+    """A miner's extranonce2: exactly `size` bytes of hex, else None."""
+    if isinstance(value, str) and len(value) == 2 * size and _HEX_EVEN.match(value):
         return int(value, 16)
     return None

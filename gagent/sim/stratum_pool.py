@@ -25,7 +25,7 @@ from .pool import DEFAULT_VERSION_MASK, TIME_TOO_NEW_SECONDS, Job, coinbase_part
 
 log = logging.getLogger("gagent.sim.stratum_pool")
 
-SECOND_AUTHORIZE_MODES = ("error", "silent", "last_wins")
+SECOND_AUTHORIZE_MODES = ("error", "silent", "last_wins", "per_name")
 JOB_ID_STYLES = ("hex", "dashed", "decimal")
 MAX_JOBS = 64  # jobs kept for share lookup, newest last; an older job id is "not found"
 MAX_LINE = 64 * 1024
@@ -81,12 +81,15 @@ class WorkerStats:
 
 
 class SentJob:
-    """A job as sent on one connection: the difficulty in force then, and the shares seen for it."""
+    """A job as sent on one connection: the difficulty and extranonce in force then (a change applies
+    to the jobs sent after it, as NiceHash's set_extranonce says), and the shares seen for it."""
 
-    __slots__ = ("difficulty", "shares")
+    __slots__ = ("difficulty", "extranonce1", "extranonce2_size", "shares")
 
-    def __init__(self, difficulty: float) -> None:
+    def __init__(self, difficulty: float, extranonce1: str, extranonce2_size: int) -> None:
         self.difficulty = difficulty
+        self.extranonce1 = extranonce1
+        self.extranonce2_size = extranonce2_size
         self.shares: Set[Tuple[str, str, int, int, int]] = set()  # (en1, en2, ntime, nonce, vbits)
 
 
@@ -170,7 +173,9 @@ class StratumPoolSimulator(FaultInjection):
       account); otherwise error 24. Before subscribe: 25.
     - `second_authorize` on a connection already authorized: "error" answers 25 "Not subscribed"
       (btcpool's state machine), "silent" never answers (ckpool), "last_wins" answers true and the
-      connection's shares are credited to that last name from then on (ViaBTC). In every mode a
+      connection's shares are credited to that last name from then on (ViaBTC), "per_name" answers
+      true and credits each share to the name in its submit when that name was authorized on the
+      connection (pools that let a proxy carry many workers on one connection). In the other modes a
       share is credited to the connection's user (the first authorized name, or the last one with
       "last_wins"), whatever worker name the submit carries, as ckpool does; with
       `strict_worker_names` a submit naming a worker never authorized on the connection gets 24.
@@ -381,7 +386,7 @@ class StratumPoolSimulator(FaultInjection):
 
     def _send_job(self, conn: StratumConnection, job_id: str, clean: bool, prefix: bytes = b"") -> None:
         """Record the connection's difficulty for the job and send its notify."""
-        conn.jobs[job_id] = SentJob(conn.difficulty)
+        conn.jobs[job_id] = SentJob(conn.difficulty, conn.extranonce1, conn.extranonce2_size)
         if conn.send(prefix + self.jobs[job_id].notify_line(job_id, clean)) and self.on_notify is not None:
             self.on_notify(conn, job_id, time.time())
 
@@ -430,8 +435,9 @@ class StratumPoolSimulator(FaultInjection):
     def set_extranonce(self, conn_or_all: Optional[StratumConnection], en1: Optional[str] = None,
                        size: Optional[int] = None) -> None:
         """Send `mining.set_extranonce [en1, size]` to one connection, or (None) to every authorized
-        connection that sent mining.extranonce.subscribe; from then on its shares are checked with
-        that extranonce1 and extranonce2 size. `en1` None: a fresh unique one; `size` None: keep."""
+        connection that sent mining.extranonce.subscribe; shares of the jobs sent from then on are
+        checked with that extranonce1 and extranonce2 size. `en1` None: a fresh unique one; `size`
+        None: keep."""
         if en1 is not None and not stratum.is_hex(en1):
             raise ValueError("en1 must be hex")
         targets = self._targets(conn_or_all)
@@ -589,9 +595,10 @@ class StratumPoolSimulator(FaultInjection):
         if conn.user is not None:
             if self.second_authorize == "error":
                 conn.send(stratum.error_line(msg_id, stratum.NOT_SUBSCRIBED))
-            elif self.second_authorize == "last_wins":
+            elif self.second_authorize in ("last_wins", "per_name"):
                 if self._valid_user(name):
-                    conn.user = name
+                    if self.second_authorize == "last_wins":
+                        conn.user = name
                     conn.users.append(name)
                     conn.send(stratum.result_line(msg_id, True))
                 else:
@@ -619,6 +626,8 @@ class StratumPoolSimulator(FaultInjection):
         self.shares_received += 1
         submitted = params[0] if params and isinstance(params[0], str) else ""
         credit = conn.user if conn.user is not None else submitted
+        if self.second_authorize == "per_name" and submitted in conn.users:
+            credit = submitted
         verdict = self._judge(conn, submitted, credit, params)
         if isinstance(verdict, Share):
             forced = self._verdict(stratum.ACCEPT)
@@ -667,9 +676,9 @@ class StratumPoolSimulator(FaultInjection):
             return "job_not_found"
         if job.height < self.height:
             return "stale"
-        if not stratum.is_hex(en2, 2 * conn.extranonce2_size):
+        if not stratum.is_hex(en2, 2 * sent.extranonce2_size):
             return "bad_extranonce2"
-        key = (conn.extranonce1, en2.lower(), ntime, nonce, vbits)
+        key = (sent.extranonce1, en2.lower(), ntime, nonce, vbits)
         if key in sent.shares:
             return "duplicate"
         sent.shares.add(key)
@@ -677,14 +686,14 @@ class StratumPoolSimulator(FaultInjection):
             return "bad_ntime"
         if vbits & ~conn.version_mask:
             return "bad_version"
-        cb = hashing.coinbase(job.coinb1, conn.extranonce1, en2, job.coinb2)
+        cb = hashing.coinbase(job.coinb1, sent.extranonce1, en2, job.coinb2)
         version = (job.version & ~conn.version_mask) | vbits
         head = hashing.header(version, job.prevhash, hashing.merkle_root(cb, job.branches), ntime,
                               job.nbits, nonce)
         value = hashing.header_hash_int(head)
         if value > hashing.target_for_difficulty(sent.difficulty):
             return "low_difficulty"
-        return Share(time.time(), conn.extranonce1, credit, submitted, job_id, en2, ntime, nonce, vbits,
+        return Share(time.time(), sent.extranonce1, credit, submitted, job_id, en2, ntime, nonce, vbits,
                      sent.difficulty, value)
 
 

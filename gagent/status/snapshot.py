@@ -131,6 +131,7 @@ def pools(agent: "Agent") -> List[Dict[str, Any]]:
             pool = conn.pool
             connections.append({
                 "slot": conn.slot, "host": pool.host if pool else None, "port": pool.port if pool else None,
+                "kind": pool.kind if pool else None,
                 "state": conn.state, "since": conn.state_since, "ready": bool(conn.ready),
                 "miners": conn.miner_count, "difficulty": conn.difficulty, "extranonce1": conn.extranonce1,
                 "bytes_sent": conn.bytes_sent, "bytes_received": conn.bytes_received,
