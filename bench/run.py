@@ -721,7 +721,7 @@ class Run:
             "shares_unanswered": unanswered, "answers_error": dict(sorted(codes.items())),
             "share_answer_latency_ms": latency_summary(answer_lat)})
         if self.kind == "stratum":
-            self.result["storm"]["shares_local"] = local
+            self.result["storm"]["shares_below_pool_difficulty"] = local
 
     def _latencies(self, samples: Dict[str, Any]) -> None:
         """Latency figures of the load phase (submits sent in its window); with a stratum pool also
