@@ -21,16 +21,27 @@ refused it before it was authorized, or closed it within `retry_delay` of author
 
 Recorded samples:
 
-* submits: ``[extranonce1, extranonce2, nonce, t_send, t_answer, answer]`` (hex strings as sent; t =
+* submits: ``[extranonce1, extranonce2, nonce, t_send, t_answer, answer, notify]`` (hex strings as sent; t =
   time.time()), so the pool side can match the frame it receives; ``answer`` is ``true``, the error code
   of the agent's answer (``-1`` when it carries none), or ``null`` with ``t_answer`` ``null`` when no answer
-  arrived before the miner's connection closed (or the run ended);
-* notifies: per distinct notify line, ``[pool_extranonce1, job_id, clean, [t_receipt, ...]]``. The pool's
-  extranonce1 is the last 8 hex digits of coinb1 (the agent appends it), which identifies the upstream
-  connection the job came from.
+  arrived before the miner's connection closed (or the run ended); ``notify`` is the index in notifies of
+  the job the share was submitted on;
+* notifies: per distinct notify line, ``[pool_extranonce1, job_key, clean, [t_receipt, ...], params]``. The
+  pool's extranonce1 is the last `pool_extranonce1_size` bytes of coinb1 (the agent appends it), which
+  identifies the upstream connection the job came from. The job key is the pool's short job id for a
+  BTCAgent pool (gagent's job id is tag * 256 + short id) and coinb2 for a plain stratum pool (its job ids
+  do not reach the miners; the simulator's coinb2 is random per job and the agent passes it on as is).
+
+A BTCAgent upstream's shares are never hashed: a nonce is random. Through a stratum upstream the agent
+checks every share against the miner's own difficulty (its `mining.set_difficulty`), so there a miner
+draws random nonces until the header hash meets that difficulty, as a real miner would; at a difficulty
+under 2^-32 (a target above 2^256) the first nonce does, and nothing is hashed. The extranonce2 has the
+size the agent's subscribe answer gives (4 bytes from a BTCAgent upstream; from a stratum one what the
+pool's extranonce2 leaves room for).
 """
 import argparse
 import errno
+import hashlib
 import json
 import os
 import random
@@ -38,6 +49,7 @@ import re
 import resource
 import select
 import socket
+import struct
 import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -52,6 +64,8 @@ CONNECTING, SUBSCRIBING, READY, CLOSED = range(4)
 
 # a submit record: [extranonce1, extranonce2, nonce, t_send, t_answer, answer]
 T_ANSWER, ANSWER = 4, 5
+DIFF1_TARGET = 0xFFFF << 208
+NO_TARGET = 1 << 256         # every hash meets it
 _ID_RE = re.compile(rb'"id"\s*:\s*(-?\d+)')
 _TRUE_RE = re.compile(rb'"result"\s*:\s*true\b')
 
@@ -67,8 +81,9 @@ def raise_file_limit() -> int:
 class Miner:
     """One simulated miner connection."""
 
-    __slots__ = ("index", "sock", "fd", "state", "buf", "en1", "authorized", "job", "ntime", "fresh",
-                 "next_id", "en2", "out", "note", "pending", "closed_in_storm", "authorized_at")
+    __slots__ = ("index", "sock", "fd", "state", "buf", "en1", "en2_size", "authorized", "job", "ntime",
+                 "fresh", "next_id", "en2", "out", "note", "pending", "closed_in_storm", "authorized_at",
+                 "target")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -77,6 +92,7 @@ class Miner:
         self.state = CLOSED
         self.buf = b""
         self.en1 = ""
+        self.en2_size = 4        # bytes, from the subscribe answer
         self.authorized = False
         self.job: Optional[str] = None
         self.ntime = "00000000"
@@ -88,20 +104,42 @@ class Miner:
         self.pending: Optional[Dict[int, List[Any]]] = None  # submit id -> submit record, unanswered
         self.closed_in_storm = False   # the agent closed it since the last storm_begin
         self.authorized_at = 0.0       # time.time() of its authorize answer
+        self.target = NO_TARGET        # stratum upstream: what its difficulty asks of a header hash
 
 
 class NotifyInfo:
     """What a distinct notify line says, parsed once for every miner that receives it."""
 
-    __slots__ = ("job_id", "pool_en1", "ntime", "clean", "times", "stale", "submit_id")
+    __slots__ = ("job_id", "pool_en1", "ntime", "clean", "times", "stale", "submit_id", "index", "params",
+                 "_header_parts")
 
-    def __init__(self, job_id: str, pool_en1: str, ntime: str, clean: bool, stale: bool = False) -> None:
-        self.job_id = job_id
+    def __init__(self, job_id: str, pool_en1: str, clean: bool, params: List[Any], index: int) -> None:
+        self.job_id = job_id     # the job key (see the module docstring)
         self.pool_en1 = pool_en1
-        self.ntime = ntime
+        self.submit_id: str = params[0]
+        self.ntime: str = params[7]
         self.clean = clean
+        self.params = params
+        self.index = index       # in LoadGen.notifies, and so in the samples
         self.times: List[float] = []
-        self.stale = stale       # sent before the last mark: does not make a miner fresh
+        self.stale = False       # sent before the last mark: does not make a miner fresh
+        self._header_parts: Optional[Tuple[bytes, bytes, List[bytes], bytes, bytes]] = None
+
+    def header76(self, extranonce: bytes) -> bytes:
+        """The first 76 bytes of the block header for a share with this extranonce1 ‖ extranonce2."""
+        if self._header_parts is None:
+            _, prevhash, coinb1, coinb2, branches, version, nbits, ntime = self.params[:8]
+            raw = bytes.fromhex(prevhash)
+            self._header_parts = (bytes.fromhex(coinb1), bytes.fromhex(coinb2),
+                                  [bytes.fromhex(b) for b in branches],
+                                  struct.pack("<I", int(version, 16)) + b"".join(
+                                      raw[i:i + 4][::-1] for i in range(0, 32, 4)),
+                                  struct.pack("<II", int(ntime, 16), int(nbits, 16)))
+        coinb1, coinb2, branches, head, tail = self._header_parts
+        root = sha256d(coinb1 + extranonce + coinb2)
+        for branch in branches:
+            root = sha256d(root + branch)
+        return head + root + tail
 
 
 class LoadGen:
@@ -109,8 +147,11 @@ class LoadGen:
 
     def __init__(self, host: str, port: int, miners: int, share_interval: float = 10.0,
                  user: str = "bench", seed: int = 1, retry_delay: float = 1.0,
-                 connect_batch: int = CONNECT_BATCH) -> None:
+                 connect_batch: int = CONNECT_BATCH, pool_kind: str = "btcagent",
+                 pool_extranonce1_size: int = 4) -> None:
         self.host = host
+        self.pool_kind = pool_kind
+        self.pool_en1_hex = 2 * pool_extranonce1_size
         self.port = port
         self.share_interval = share_interval
         self.retry_delay = retry_delay
@@ -128,7 +169,7 @@ class LoadGen:
         self.counts = {"connects": 0, "connect_errors": 0, "disconnects": 0, "submitted": 0,
                        "answers_true": 0, "answers_error": 0, "errors_other": 0, "notifies": 0,
                        "set_difficulty": 0, "reconnect_requests": 0,
-                       "authorize_errors": 0, "miners_closed": 0}
+                       "authorize_errors": 0, "miners_closed": 0, "hashes": 0}
         self.error_codes: Dict[str, int] = {}     # submit answers with an error, by code
         self.stale_keys: Optional[set] = None     # (pool_en1, job_id) the last mark called stale
         self.error_samples: List[str] = []
@@ -299,6 +340,8 @@ class LoadGen:
             return
         elif b"mining.set_difficulty" in line:
             self.counts["set_difficulty"] += 1
+            if self.pool_kind == "stratum":
+                m.target = min(NO_TARGET, int(DIFF1_TARGET / float(json.loads(line)["params"][0])))
         elif b"client.reconnect" in line:
             self.counts["reconnect_requests"] += 1
             self._drop(m)
@@ -336,7 +379,7 @@ class LoadGen:
             return
         msg_id, result, error = msg.get("id"), msg.get("result"), msg.get("error")
         if msg_id == 1 and result:
-            m.en1 = result[1]
+            m.en1, m.en2_size = result[1], result[2]
         elif error is not None:
             if msg_id in (1, 2):
                 self.counts["authorize_errors"] += 1
@@ -366,10 +409,12 @@ class LoadGen:
         info = self.notifies.get(line)
         if info is None:
             params = json.loads(line)["params"]
-            job_id = params[0]  # gagent tags the pool's short id per connection: tag * 256 + short id
-            short_id = str(int(job_id) & 0xFF) if job_id.isdigit() else job_id
-            info = NotifyInfo(short_id, params[2][-8:], params[7], bool(params[8]))
-            info.submit_id = job_id
+            job_id = params[0]
+            if self.pool_kind == "stratum":
+                key = params[3]
+            else:  # gagent tags the pool's short id per connection: tag * 256 + short id
+                key = str(int(job_id) & 0xFF) if job_id.isdigit() else job_id
+            info = NotifyInfo(key, params[2][-self.pool_en1_hex:], bool(params[8]), params, len(self.notifies))
             if self.stale_keys is not None:
                 info.stale = (info.pool_en1, str(info.job_id)) in self.stale_keys
             self.notifies[line] = info
@@ -378,20 +423,32 @@ class LoadGen:
         m.job, m.ntime, m.note, m.fresh = info.submit_id, info.ntime, info, not info.stale
 
     def _submit(self, m: Miner) -> None:
-        m.en2 = (m.en2 + 1) & 0xFFFFFFFF
-        en2 = "%08x" % m.en2
-        nonce = "%08x" % self.rand.getrandbits(32)
+        m.en2 = (m.en2 + 1) & ((1 << 8 * m.en2_size) - 1)
+        en2 = "%0*x" % (2 * m.en2_size, m.en2)
+        nonce = "%08x" % self._nonce(m, en2)
         msg_id = m.next_id
         m.next_id += 1
         line = ('{"id":%d,"method":"mining.submit","params":["%s.w%d","%s","%s","%s","%s"]}\n'
                 % (msg_id, self.user, m.index, m.job, en2, m.ntime, nonce))
-        record = [m.en1, en2, nonce, time.time(), None, None]
+        record = [m.en1, en2, nonce, time.time(), None, None, m.note.index]
         self.submits.append(record)
         if m.pending is None:
             m.pending = {}
         m.pending[msg_id] = record
         self.counts["submitted"] += 1
         self._send(m, line.encode())
+
+    def _nonce(self, m: Miner, en2: str) -> int:
+        """A random nonce whose header hash meets the miner's target (any nonce when it is 2^256)."""
+        nonce = self.rand.getrandbits(32)
+        if m.target >= NO_TARGET:
+            return nonce
+        head = m.note.header76(bytes.fromhex(m.en1 + en2))
+        while int.from_bytes(sha256d(head + struct.pack("<I", nonce)), "little") > m.target:
+            self.counts["hashes"] += 1
+            nonce = self.rand.getrandbits(32)
+        self.counts["hashes"] += 1
+        return nonce
 
     def _submit_due(self, now: float) -> None:
         """Submit for as many miners as the even schedule says are due by `now`."""
@@ -461,7 +518,7 @@ class LoadGen:
                 "load_started": self.load_started, "load_until": self.loading_until,
                 "mark_time": self.mark_time,
                 "submits": self.submits,
-                "notifies": [[i.pool_en1, i.job_id, i.clean, i.times] for i in self.notifies.values()]}
+                "notifies": [[i.pool_en1, i.job_id, i.clean, i.times, i.params] for i in self.notifies.values()]}
 
     def poll(self, timeout: float, extra: Optional[Dict[int, Callable[[], bool]]] = None) -> bool:
         """One loop turn: start connects, wait for events, handle them, submit what is due.
@@ -552,6 +609,11 @@ def _command(gen: LoadGen, cmd: Dict[str, Any]) -> bool:
     return False
 
 
+def sha256d(data: bytes) -> bytes:
+    """Double SHA-256."""
+    return hashlib.sha256(hashlib.sha256(data).digest()).digest()
+
+
 def error_code(error: Any) -> int:
     """The numeric code of a stratum error (``[code, message, data]`` or ``{"code": ...}``); -1 if none."""
     if isinstance(error, (list, tuple)) and error and isinstance(error[0], int):
@@ -597,13 +659,19 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="mean delay before reconnecting a miner the agent refused or closed within "
                         "this long of authorizing it (a mining miner "
                         "that loses its connection reconnects at once)")
+    p.add_argument("--pool-kind", choices=("btcagent", "stratum"), default="btcagent",
+                   help="the agent's upstream protocol: how a notify names its job (see the docstring)")
+    p.add_argument("--pool-extranonce1-size", type=int, default=4,
+                   help="bytes of the pool's extranonce1 at the end of coinb1 (they name the upstream "
+                        "connection)")
     p.add_argument("--out", help="write summary and samples here (standalone mode)")
     p.add_argument("--control", action="store_true", help="driven by JSON commands on stdin")
     p.add_argument("--max-seconds", type=float, default=1800.0, help="hard limit on the run")
     args = p.parse_args(argv)
     raise_file_limit()
     gen = LoadGen(args.host, args.port, args.miners, args.share_interval, args.user,
-                  retry_delay=args.retry_delay, connect_batch=args.connect_batch)
+                  retry_delay=args.retry_delay, connect_batch=args.connect_batch, pool_kind=args.pool_kind,
+                  pool_extranonce1_size=args.pool_extranonce1_size)
     try:
         if args.control:
             run_control(gen, args.max_seconds)

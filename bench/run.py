@@ -3,6 +3,8 @@
     python bench/run.py --miners 10000 --seconds 60 [--share-interval 10] [--job-interval 30]
     python bench/run.py --miners 1000 --seconds 30 --storm [restart|stall] [--storm-outage 3]
     python bench/run.py --miners 10000 --seconds 60 --compare /work/peers/btcagent --repeat 3
+    python bench/run.py --miners 10000 --seconds 60 --pool-kind stratum [--pool-extranonce2-size 8]
+    python bench/run.py --miners 10000 --seconds 60 --compare-kinds --repeat 2
 
 Phases: idle (agent connected to the pool, no miners: idle RSS), connect (until every miner is authorized
 and has a job), load (`--seconds` of shares and jobs: CPU, latencies, upstream traffic), optional storm
@@ -11,6 +13,16 @@ and has a job), load (`--seconds` of shares and jobs: CPU, latencies, upstream t
 `--compare CMD` runs the same scenario for gagent and then for the agent CMD (which gets
 `-c CONF -l LOGDIR` appended), `--repeat N` runs each N times alternating; the figures are then medians
 over the runs and a `ratio` object gives gagent / other for the headline figures.
+
+`--pool-kind stratum` puts the plain stratum pool simulator (`StratumPoolSimulator`) in place of the
+BTCAgent one, and gives the agent a ``stratum+tcp://`` pool entry. The agent then checks every share by
+sha256d, so its config gets a tiny miner start difficulty (`--miner-difficulty`, default 1e-9, the
+lowest it accepts: a random hash meets it with probability 0.23, and the load generator draws nonces
+until one does) and the pool a difficulty that a share meeting the miner's meets with probability
+`--pool-share-fraction`: that share of the shares goes upstream, the agent answers the rest itself.
+Afterwards the driver hashes every submit as the miner saw its job to tell which shares had to reach
+the pool (see `StratumPoolRecorder`). `--compare-kinds` runs gagent against both pool kinds,
+alternating, `--repeat` times each, and gives stratum / btcagent ratios.
 
 Prints one JSON document on stdout (a single run: the result object as before) and a short table on
 stderr; appends every run's result object to bench/out/results.jsonl (raw samples of each run:
@@ -49,7 +61,10 @@ STORM_LEAD = 2.0           # seconds of ordinary load before the pool fails
 STORM_TAIL = 2.0           # seconds of load after every miner is mining again
 SETTLE = 1.5               # seconds for the last answers and shares to land before counting
 
-ShareKey = Tuple[str, str, str]   # (miner extranonce1, extranonce2, nonce), hex as the miner wrote them
+# BTCAgent pool: (miner extranonce1, extranonce2, nonce), hex as the miner wrote them;
+# stratum pool: (pool extranonce1, the pool's extranonce2 = miner extranonce1 ‖ extranonce2, nonce)
+ShareKey = Tuple[str, str, str]
+Submit = List[Any]                # a load generator submit record (see bench/loadgen.py)
 
 sys.path.insert(0, ROOT)
 
@@ -202,6 +217,80 @@ class PoolRecorder:
                 keys.add(key)
         return keys
 
+    @staticmethod
+    def miner_key(submit: Submit, notifies: List[List[Any]]) -> ShareKey:
+        """The key under which the pool records a submit of the load generator."""
+        return submit[0], submit[1], submit[2]
+
+    @staticmethod
+    def pool_bound(submit: Submit, notifies: List[List[Any]]) -> bool:
+        """Whether the share must reach the pool: every share does through a BTCAgent upstream."""
+        return True
+
+
+class StratumPoolRecorder:
+    """The plain stratum pool simulator plus what it saw, with PoolRecorder's interface.
+
+    The pool's difficulty is set so that a share meeting `miner_difficulty` (whose target may exceed
+    2^256: every hash meets it) meets the pool's with probability `fraction`. A share that meets it must
+    reach the pool; one that does not is answered by the agent alone.
+    `pool_bound` tells them apart by hashing the share as the miner's job describes it (coinb1 there
+    ends with the pool's extranonce1), independently of the agent.
+    """
+
+    def __init__(self, fraction: float, miner_difficulty: float, extranonce1_size: int, extranonce2_size: int,
+                 recv_buffer_size: Optional[int] = None) -> None:
+        from gagent.protocol import hashing
+        from gagent.sim.stratum_pool import StratumPoolSimulator
+        self.hashing = hashing
+        miner_target = min(2.0 ** 256, hashing.DIFF1_TARGET / miner_difficulty)
+        self.difficulty = hashing.DIFF1_TARGET / (fraction * miner_target)
+        self.target = hashing.target_for_difficulty(self.difficulty)
+        self.share_times: Dict[ShareKey, float] = {}
+        self.notify_times: Dict[Tuple[str, str], float] = {}
+        self.notify_keys: Set[Tuple[str, str]] = set()   # every (pool extranonce1, coinb2) sent
+        self.shares = 0
+        self.recording = False
+        self.pool = StratumPoolSimulator(
+            host=HOST, port=0, default_difficulty=self.difficulty, extranonce1_size=extranonce1_size,
+            extranonce2_size=extranonce2_size, recv_buffer_size=recv_buffer_size,
+            on_share=self._on_share, on_notify=self._on_notify)
+
+    @property
+    def statuses(self) -> Dict[str, int]:
+        """The pool's verdicts so far, by reason."""
+        return dict(self.pool.statuses)
+
+    def _on_share(self, conn: Any, params: list, verdict: Any, t_read: float) -> None:
+        self.shares += 1
+        if len(params) >= 5 and all(isinstance(p, str) for p in params[:5]):
+            self.share_times[(conn.extranonce1, params[2].lower(), params[4].lower())] = t_read
+
+    def _on_notify(self, conn: Any, job_id: str, t_sent: float) -> None:
+        key = (conn.extranonce1, self.pool.jobs[job_id].coinb2)
+        self.notify_keys.add(key)
+        if self.recording:
+            self.notify_times[key] = t_sent
+
+    def read_keys(self) -> Set[ShareKey]:
+        """Every share the pool read and judged."""
+        return set(self.share_times)
+
+    @staticmethod
+    def miner_key(submit: Submit, notifies: List[List[Any]]) -> ShareKey:
+        """The key under which the pool records a submit of the load generator."""
+        en1, en2, nonce = submit[0], submit[1], submit[2]
+        return notifies[submit[6]][0], en1 + en2, nonce
+
+    def pool_bound(self, submit: Submit, notifies: List[List[Any]]) -> bool:
+        """Whether the share's hash, from the miner's view of its job, meets the pool's difficulty."""
+        h = self.hashing
+        en1, en2, nonce = submit[0], submit[1], submit[2]
+        _, prevhash, coinb1, coinb2, branches, version, nbits, ntime = notifies[submit[6]][4][:8]
+        root = h.merkle_root(h.coinbase(coinb1, en1, en2, coinb2), branches)
+        head = h.header(int(version, 16), prevhash, root, int(ntime, 16), int(nbits, 16), int(nonce, 16))
+        return h.header_hash_int(head) <= self.target
+
 
 def normalize_share_key(sid: Any, en2: Any, nonce: Any) -> Optional[ShareKey]:
     """(session id, extranonce2, nonce) from the pool → the hex strings the miner wrote."""
@@ -234,12 +323,14 @@ class LoadGenProcess:
     """bench/loadgen.py in control mode: commands on stdin, status lines on stdout."""
 
     def __init__(self, port: int, miners: int, share_interval: float, max_seconds: float,
-                 log_path: str, connect_batch: int) -> None:
+                 log_path: str, connect_batch: int, pool_kind: str = "btcagent",
+                 pool_extranonce1_size: int = 4) -> None:
         self.log = open(log_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, os.path.join(HERE, "loadgen.py"), "--control", "--host", HOST,
              "--port", str(port), "--miners", str(miners), "--share-interval", str(share_interval),
-             "--max-seconds", str(max_seconds), "--connect-batch", str(connect_batch)],
+             "--max-seconds", str(max_seconds), "--connect-batch", str(connect_batch),
+             "--pool-kind", pool_kind, "--pool-extranonce1-size", str(pool_extranonce1_size)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log)
         self.status: Dict[str, Any] = {}
         self.events: List[Dict[str, Any]] = []
@@ -347,14 +438,16 @@ class Run:
     """One benchmark run of one agent; `execute()` returns the result dict.
 
     `name` is stored as the result's ``agent``; `command` replaces `python -m gagent` (``-c CONF``
-    appended, and ``-l LOGDIR`` too when `log_dir_flag`); `config` is merged into the agent's config.
+    appended, and ``-l LOGDIR`` too when `log_dir_flag`); `config` is merged into the agent's config;
+    `kind` is the pool simulator's protocol, "btcagent" or "stratum" (default: ``--pool-kind``).
     """
 
     def __init__(self, args: argparse.Namespace, name: str = "gagent", command: Optional[str] = None,
                  config: Optional[Dict[str, Any]] = None, log_dir_flag: bool = False,
-                 tag: str = "") -> None:
+                 tag: str = "", kind: Optional[str] = None) -> None:
         self.args = args
         self.name = name
+        self.kind = kind or args.pool_kind
         self.command = command
         self.config = config
         self.log_dir_flag = log_dir_flag
@@ -375,15 +468,26 @@ class Run:
             "agent_revision": agent_revision() if self.command is None else "external",
             "agent_command": self.command,
             "agent_config": json.dumps(self.config) if self.config else None,
-            "connect_batch": args.connect_batch, "file_limit": raise_file_limit()})
-        self.recorder = PoolRecorder(args.difficulty, args.pool_recv_buffer)
+            "connect_batch": args.connect_batch, "file_limit": raise_file_limit(), "pool_kind": self.kind})
+        config = self.config
+        if self.kind == "stratum":
+            self.recorder: Any = StratumPoolRecorder(args.pool_share_fraction, args.miner_difficulty,
+                                                     args.pool_extranonce1_size, args.pool_extranonce2_size,
+                                                     args.pool_recv_buffer)
+            r.update({"pool_difficulty": self.recorder.difficulty, "pool_share_fraction": args.pool_share_fraction,
+                      "pool_extranonce_sizes": [args.pool_extranonce1_size, args.pool_extranonce2_size],
+                      "miner_start_difficulty": args.miner_difficulty})
+        else:
+            self.recorder = PoolRecorder(args.difficulty, args.pool_recv_buffer)
         pool = self.recorder.pool
         pool.start()
         self.pool_port = pool.address[1]
+        if self.kind == "stratum":
+            config = deep_merge({"pools": [["stratum+tcp://" + HOST, self.pool_port, "bench", "x"]],
+                                 "advanced": {"miner_start_difficulty": args.miner_difficulty}}, config)
         agent = loadgen = meter = None
         agent_log = None
         log_dir = os.path.join(OUT_DIR, "agent-%s.d" % self.stamp) if self.log_dir_flag else None
-        config = self.config
         self.http_port = None
         if self.command is None:  # gagent: status listener off, or on a free port when scraped
             self.http_port = free_port() if self.args.scrape else None
@@ -404,7 +508,7 @@ class Run:
             loadgen = LoadGenProcess(agent_port, args.miners, args.share_interval,
                                      args.seconds + 600 + args.miners / 50,
                                      os.path.join(OUT_DIR, "loadgen-%s.log" % self.stamp),
-                                     args.connect_batch)
+                                     args.connect_batch, self.kind, args.pool_extranonce1_size)
             self._connect_phase(loadgen, meter)
             self._load_phase(loadgen, meter)
             r["rss_peak_mb"] = round(meter.peak / 1e6, 2)
@@ -495,6 +599,8 @@ class Run:
             "disconnects_during_load": st.get("disconnects", 0) - before_status.get("disconnects", 0),
             "agent_cpu_seconds": round(cpu, 3), "cpu_core_share": round(cpu / elapsed, 4),
             "cpu_seconds_per_1000_shares": round(cpu / shares * 1000, 4) if shares else None,
+            "cpu_seconds_per_1000_submits": round(cpu / submitted * 1000, 4) if submitted else None,
+            "upstream_share_fraction": round(shares / submitted, 4) if submitted else None,
             "upstream_payload_bytes_per_s": round(payload / elapsed, 1),
             "upstream_reads_per_s": round((rec.pool.reads - reads0) / elapsed, 1),
             "upstream_segments_per_s": round(segs / elapsed, 1), "upstream_sockets": nsock,
@@ -584,15 +690,21 @@ class Run:
         """Share figures of the storm window: answered `true` but never read by the pool, errors by
         code, unanswered, answer latency."""
         start, end = self.storm_window
-        read = self.recorder.read_keys()
-        submitted = answered_true = true_lost = lost = unanswered = 0
+        rec = self.recorder
+        notifies = samples["notifies"]
+        read = rec.read_keys()
+        submitted = answered_true = true_lost = lost = unanswered = local = 0
         codes: Counter = Counter()
         answer_lat = []
-        for en1, en2, nonce, t_send, t_answer, answer in samples["submits"]:
+        for submit in samples["submits"]:
+            t_send, t_answer, answer = submit[3:6]
             if not start <= t_send <= end:
                 continue
             submitted += 1
-            at_pool = (en1, en2, nonce) in read
+            at_pool = rec.miner_key(submit, notifies) in read
+            if not at_pool and not rec.pool_bound(submit, notifies):
+                at_pool = True   # below the pool's difficulty: the agent answers it alone
+                local += 1
             lost += not at_pool
             if answer is None:
                 unanswered += 1
@@ -608,28 +720,40 @@ class Run:
             "shares_answered_true_not_received": true_lost, "shares_not_received": lost,
             "shares_unanswered": unanswered, "answers_error": dict(sorted(codes.items())),
             "share_answer_latency_ms": latency_summary(answer_lat)})
+        if self.kind == "stratum":
+            self.result["storm"]["shares_below_pool_difficulty"] = local
 
     def _latencies(self, samples: Dict[str, Any]) -> None:
-        """Latency figures of the load phase (submits sent in its window)."""
+        """Latency figures of the load phase (submits sent in its window); with a stratum pool also
+        which shares went upstream (see `_upstream_shares`)."""
         rec = self.recorder
+        notifies = samples["notifies"]
         start, end = self.load_window
         share_lat = []
         answer_lat = []
+        answer_lat_by_path: Dict[bool, List[float]] = {True: [], False: []}
         unmatched = unanswered = 0
-        for en1, en2, nonce, t_send, t_answer, _answer in samples["submits"]:
+        paths: Counter = Counter()
+        for submit in samples["submits"]:
+            t_send, t_answer, answer = submit[3:6]
             if not start - 0.1 <= t_send <= end:
                 continue
-            t = rec.share_times.get((en1, en2, nonce))
-            if t is None:
-                unmatched += 1
-            else:
+            t = rec.share_times.get(rec.miner_key(submit, notifies))
+            bound = rec.pool_bound(submit, notifies)
+            paths[(bound, t is not None, answer if answer is None or answer is True else "error")] += 1
+            if t is not None:
                 share_lat.append(t - t_send)
+            elif bound:
+                unmatched += 1
             if t_answer is None:
                 unanswered += 1
             else:
                 answer_lat.append(t_answer - t_send)
+                answer_lat_by_path[bound].append(t_answer - t_send)
+        if self.kind == "stratum":
+            self._upstream_shares(paths, answer_lat_by_path)
         fan = []
-        for pool_en1, job_id, clean, times in samples["notifies"]:
+        for pool_en1, job_id, clean, times, *_ in notifies:
             t_sent = rec.notify_times.get((pool_en1, str(job_id)))
             if t_sent is not None and not clean:
                 fan.extend(t - t_sent for t in times)
@@ -641,6 +765,28 @@ class Run:
             "loadgen_final": {k: samples["status"].get(k) for k in (
                 "connects", "connect_errors", "disconnects", "errors_other", "reconnect_requests",
                 "authorize_errors")}})
+
+
+    def _upstream_shares(self, paths: Counter, answer_lat: Dict[bool, List[float]]) -> None:
+        """Stratum pool: the load phase's shares by path. `paths` counts submits by (meets the pool's
+        difficulty, the pool read it, the agent's answer: True, "error" or None)."""
+        def count(bound: Optional[bool] = None, read: Optional[bool] = None, answer: Any = "any") -> int:
+            return sum(n for (b, r, a), n in paths.items()
+                       if bound in (None, b) and read in (None, r) and answer in ("any", a))
+        submitted = count()
+        self.result["upstream_shares"] = {
+            "submitted": submitted, "pool_share_fraction": self.args.pool_share_fraction,
+            "meeting_pool_difficulty": count(True),
+            "fraction_meeting_pool_difficulty": round(count(True) / submitted, 4) if submitted else None,
+            "read_by_pool": count(read=True),
+            "local_answered_true": count(False, False, True), "local_answered_error": count(False, False, "error"),
+            # must be 0: a share that meets the pool's difficulty answered true but never read by the pool
+            "pool_bound_answered_true_not_read": count(True, False, True),
+            "pool_bound_not_read": count(True, False),
+            # must be 0: the agent forwarded a share under the pool's difficulty
+            "read_by_pool_below_its_difficulty": count(False, True),
+            "answer_latency_local_ms": latency_summary(answer_lat[False]),
+            "answer_latency_pool_ms": latency_summary(answer_lat[True])}
 
 
 def counter_delta(after: Optional[Dict[str, int]], before: Optional[Dict[str, int]]) -> Dict[str, int]:
@@ -710,6 +856,21 @@ RATIO_FIGURES: List[Tuple[str, Tuple[str, ...]]] = [
     ("upstream_wire_kbps", ("upstream_wire_kbps",)),
 ]
 
+# (ratio key, path) of the figures compared between the pool kinds (--compare-kinds): stratum / btcagent
+KIND_FIGURES: List[Tuple[str, Tuple[str, ...]]] = [
+    ("rss_peak_mb", ("rss_peak_mb",)),
+    ("bytes_per_miner", ("bytes_per_miner",)),
+    ("cpu_core_share", ("cpu_core_share",)),
+    ("cpu_seconds_per_1000_submits", ("cpu_seconds_per_1000_submits",)),
+    ("upstream_wire_kbps", ("upstream_wire_kbps",)),
+    ("upstream_payload_kbps", ("upstream_payload_kbps",)),
+    ("upstream_segments_per_s", ("upstream_segments_per_s",)),
+    ("upstream_share_fraction", ("upstream_share_fraction",)),
+    ("share_answer_p99_ms", ("share_answer_latency_ms", "p99")),
+    ("share_p99_ms", ("share_latency_ms", "p99")),
+    ("fanout_p99_ms", ("fanout_latency_ms", "p99")),
+]
+
 # extra rows of the table when there was a storm
 STORM_FIGURES: List[Tuple[str, Tuple[str, ...]]] = [
     ("storm miners_disconnected", ("storm", "miners_disconnected")),
@@ -761,10 +922,12 @@ def median_result(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
     return median_value(good)
 
 
-def ratios(ours: Dict[str, Any], other: Dict[str, Any]) -> Dict[str, Optional[float]]:
-    """gagent / other for each of RATIO_FIGURES (None when either is missing or other is 0)."""
+def ratios(ours: Dict[str, Any], other: Dict[str, Any],
+           figures: Optional[List[Tuple[str, Tuple[str, ...]]]] = None) -> Dict[str, Optional[float]]:
+    """ours / other for each of `figures` (default RATIO_FIGURES: gagent / other agent; None when either
+    is missing or other is 0)."""
     out: Dict[str, Optional[float]] = {}
-    for key, path in RATIO_FIGURES:
+    for key, path in figures or RATIO_FIGURES:
         a, b = dig(ours, path), dig(other, path)
         out[key] = round(a / b, 3) if _is_number(a) and _is_number(b) and b else None
     return out
@@ -779,10 +942,11 @@ def _fmt(v: Any) -> str:
 
 
 def table(columns: List[Tuple[str, Dict[str, Any], List[Dict[str, Any]]]],
-          ratio: Optional[Dict[str, Optional[float]]] = None) -> str:
-    """A plain-text table: one row per figure, one column per agent (median, and every run's value
-    when there were several), then the ratio column."""
-    rows = [(key, path) for key, path in RATIO_FIGURES]
+          ratio: Optional[Dict[str, Optional[float]]] = None,
+          figures: Optional[List[Tuple[str, Tuple[str, ...]]]] = None) -> str:
+    """A plain-text table: one row per figure (default RATIO_FIGURES), one column per agent or pool
+    kind (median, and every run's value when there were several), then the ratio column."""
+    rows = list(figures or RATIO_FIGURES)
     if any(dig(result, ("storm",)) for _, result, _ in columns):
         rows += STORM_FIGURES
     header = ["figure"] + [name + (" (median; runs)" if len(runs) > 1 else "") for name, _, runs in columns]
@@ -826,7 +990,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--connect-batch", type=int, default=100,
                    help="load generator: miners between connect() and the authorize answer at once")
     p.add_argument("--difficulty", type=float, default=1.0,
-                   help="pool default difficulty (irrelevant to gagent; the C++ agent needs an integer)")
+                   help="BTCAgent pool: default difficulty (irrelevant to gagent; the C++ agent needs an "
+                        "integer)")
+    p.add_argument("--pool-kind", choices=("btcagent", "stratum"), default="btcagent",
+                   help="the pool simulator's protocol; stratum: the agent gets a stratum+tcp:// pool entry")
+    p.add_argument("--compare-kinds", action="store_true",
+                   help="run gagent against a BTCAgent pool and a stratum pool, alternating (--repeat "
+                        "times each); figures are medians, ratios stratum / btcagent")
+    p.add_argument("--pool-share-fraction", type=float, default=0.125,
+                   help="stratum pool: its difficulty is set so that this fraction of the miners' shares "
+                        "meets it and goes upstream; the agent answers the rest itself")
+    p.add_argument("--miner-difficulty", type=float, default=1e-9,
+                   help="stratum pool: the agent's advanced.miner_start_difficulty (default 1e-9, the "
+                        "lowest it takes: the load generator hashes ~4.3 nonces per share; under 2^-32 "
+                        "every nonce meets it and nothing is hashed)")
+    p.add_argument("--pool-extranonce1-size", type=int, default=4, help="stratum pool: extranonce1 bytes")
+    p.add_argument("--pool-extranonce2-size", type=int, default=8,
+                   help="stratum pool: extranonce2 bytes (the agent gives miners a prefix of it)")
     p.add_argument("--agent-command", help="run this instead of `python -m gagent` (gets -c CONF "
                                             "appended), e.g. to compare another build of the agent")
     p.add_argument("--agent-config", help="JSON object merged into the agent's config (both agents' "
@@ -849,6 +1029,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     if args.repeat < 1:
         raise SystemExit("--repeat must be at least 1")
+    if args.compare_kinds and args.compare:
+        raise SystemExit("--compare-kinds and --compare do not go together")
+    if not 0 < args.pool_share_fraction <= 1:
+        raise SystemExit("--pool-share-fraction must be in (0, 1]")
     if args.compare and not float(args.difficulty).is_integer():
         print("warning: the C++ agent needs an integer --difficulty (it parses it with strtoul)",
               file=sys.stderr)
@@ -857,36 +1041,41 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def run_all(args: argparse.Namespace, base_config: Optional[Dict[str, Any]] = None,
             quiet: bool = False) -> Tuple[Dict[str, List[Dict[str, Any]]], bool]:
-    """Run gagent (and the --compare agent) `--repeat` times, alternating; appends each result to
-    bench/out/results.jsonl. Returns ({agent name: [result, ...]}, every run succeeded)."""
+    """Run gagent (and the --compare agent, or gagent against both pool kinds with --compare-kinds)
+    `--repeat` times, alternating; appends each result to bench/out/results.jsonl. Returns ({column:
+    [result, ...]}, every run succeeded); the columns are "gagent" (and "other"), or "btcagent" and
+    "stratum"."""
     if base_config is None:
         base_config = json.loads(args.agent_config) if args.agent_config else None
-    sides: List[Tuple[str, Optional[str], Optional[Dict[str, Any]], bool]] = [
-        ("gagent", args.agent_command, base_config, False)]
+    # (column, agent name, command, config, log dir flag, pool kind)
+    sides: List[Tuple[str, str, Optional[str], Optional[Dict[str, Any]], bool, str]] = [
+        ("gagent", "gagent", args.agent_command, base_config, False, args.pool_kind)]
     if args.compare:
         other = deep_merge(base_config, json.loads(args.compare_config) if args.compare_config else None)
-        sides.append(("other", args.compare, other or None, True))
-    runs: Dict[str, List[Dict[str, Any]]] = {name: [] for name, _, _, _ in sides}
+        sides.append(("other", "other", args.compare, other or None, True, args.pool_kind))
+    if args.compare_kinds:
+        sides = [(kind, "gagent", args.agent_command, base_config, False, kind) for kind in ("btcagent", "stratum")]
+    runs: Dict[str, List[Dict[str, Any]]] = {column: [] for column, *_ in sides}
     several = args.repeat > 1 or len(sides) > 1
     ok = True
     for i in range(args.repeat):
-        for name, command, config, log_dir_flag in sides:
-            tag = "-%s-%d" % (name, i + 1) if several else ""
+        for column, name, command, config, log_dir_flag, kind in sides:
+            tag = "-%s-%d" % (column, i + 1) if several else ""
             if not quiet:
-                print("run %d/%d: %s ..." % (i + 1, args.repeat, name), file=sys.stderr, flush=True)
+                print("run %d/%d: %s ..." % (i + 1, args.repeat, column), file=sys.stderr, flush=True)
             try:
-                result = Run(args, name, command, config, log_dir_flag, tag).execute()
+                result = Run(args, name, command, config, log_dir_flag, tag, kind).execute()
             except Exception as exc:   # one failed run must not lose the others' figures
                 ok = False
-                result = {"agent": name, "agent_command": command, "error": "%s: %s" % (
+                result = {"agent": name, "agent_command": command, "pool_kind": kind, "error": "%s: %s" % (
                     exc.__class__.__name__, exc)}
-                print("run %d/%d: %s failed: %s" % (i + 1, args.repeat, name, result["error"]),
+                print("run %d/%d: %s failed: %s" % (i + 1, args.repeat, column, result["error"]),
                       file=sys.stderr, flush=True)
             if args.label:
                 result["label"] = args.label
             with open(os.path.join(OUT_DIR, "results.jsonl"), "a") as f:
                 f.write(json.dumps(result) + "\n")
-            runs[name].append(result)
+            runs[column].append(result)
     return runs, ok
 
 
@@ -894,6 +1083,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     os.makedirs(OUT_DIR, exist_ok=True)
     runs, ok = run_all(args)
+    if args.compare_kinds:
+        medians = {kind: median_result(runs[kind]) for kind in ("btcagent", "stratum")}
+        ratio = ratios(medians["stratum"], medians["btcagent"], KIND_FIGURES)
+        doc = {"compare_kinds": True, "repeat": args.repeat, "btcagent": medians["btcagent"],
+               "stratum": medians["stratum"], "ratio": ratio, "runs": runs}
+        print(table([(kind, medians[kind], runs[kind]) for kind in ("btcagent", "stratum")], ratio,
+                    KIND_FIGURES), file=sys.stderr)
+        print(json.dumps(doc, sort_keys=False))
+        return 0 if ok else 1
     ours = median_result(runs["gagent"])
     if args.compare:
         other = median_result(runs["other"])
@@ -904,7 +1102,8 @@ def main(argv: Optional[List[str]] = None) -> int:
               file=sys.stderr)
     else:
         doc = ours if args.repeat == 1 else dict(ours, repeat=args.repeat, runs=runs["gagent"])
-        print(table([("gagent", ours, runs["gagent"])]), file=sys.stderr)
+        figures = KIND_FIGURES if args.pool_kind == "stratum" else None
+        print(table([("gagent", ours, runs["gagent"])], figures=figures), file=sys.stderr)
     print(json.dumps(doc, sort_keys=False))
     return 0 if ok else 1
 

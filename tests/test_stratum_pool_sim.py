@@ -1,9 +1,11 @@
 """The plain stratum v1 pool simulator, driven over sockets by a line client and the hashing SimMiner."""
+import json
 import re
 import signal
 import struct
 import subprocess
 import sys
+import time
 
 import gevent
 import pytest
@@ -406,6 +408,26 @@ def test_fault_injection_and_restart(make_pool, connect):
     again.login()
     assert pool.address == address and pool.connections_total == 2 and len(pool.connect_times) == 2
     assert again.submit(again.share()[0])["result"] is True
+
+
+def test_observers_see_each_notify_and_each_judged_share_with_its_read_time(make_pool, connect):
+    notifies, shares = [], []
+    pool = make_pool(on_notify=lambda conn, job_id, t: notifies.append((conn, job_id, t)),
+                     on_share=lambda conn, params, verdict, t: shares.append((conn, params, verdict, t)))
+    client = connect(pool)
+    before = time.time()
+    client.login()
+    conn = pool.connections[0]
+    assert [(c, j) for c, j, _ in notifies] == [(conn, pool.job_id)] and notifies[0][2] >= before
+    params, _ = client.share()
+    low, _ = client.share(meets=None, misses=EASY, en2=2)
+    assert client.submit(params)["result"] is True
+    assert client.submit(low)["error"][0] == 23
+    assert [(c, p, v) for c, p, v, _ in shares] == [(conn, params, pool.shares[0]), (conn, low, "low_difficulty")]
+    assert before <= shares[0][3] <= shares[1][3] <= time.time()
+    pool.new_job()
+    assert pool.wait_for(lambda: len(notifies) == 2) and notifies[1][1] == pool.job_id
+    assert pool.reads >= 3 and pool.bytes_received > len(json.dumps(params)) + len(json.dumps(low))
 
 
 def test_command_line_builds_the_simulator():

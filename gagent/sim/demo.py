@@ -1,6 +1,11 @@
 """``gagent-sim``: a pool simulator, an agent and N hashing miners in one process, then a share table.
 
-    python -m gagent.sim.demo --miners 5 --seconds 20
+    python -m gagent.sim.demo --miners 5 --seconds 20 [--pool stratum]
+
+``--pool btcagent`` (the default) runs the BTCAgent pool simulator; ``--pool stratum`` the plain stratum v1
+one (`StratumPoolSimulator`), which the agent reaches through a ``stratum+tcp://`` pool entry. A stratum
+pool credits every share to the agent's account; the table credits each to its worker by the extranonce2
+prefix the agent gave the miner (its extranonce1).
 
 Everything listens on 127.0.0.1 on free ports. Exit status 0 when the pool accepted at least one share.
 """
@@ -36,6 +41,20 @@ def pool_table(stats: Any) -> Dict[Tuple[str, str], Tuple[int, int]]:
     return table
 
 
+def stratum_table(verdicts: List[Tuple[str, bool]],
+                  miners: List[SimMiner]) -> Dict[Tuple[str, str], Tuple[int, int]]:
+    """{(sub_account, worker): (accepted, rejected)} from a stratum pool's (extranonce2, accepted)
+    verdicts: a share is the worker's whose extranonce1 begins its extranonce2; others are listed
+    under "en2 XXXX…" (a miner that reconnected has another extranonce1)."""
+    prefixes = {m.extranonce1: m.worker for m in miners if m.extranonce1}
+    table: Dict[Tuple[str, str], Tuple[int, int]] = {}
+    for en2, ok in verdicts:
+        worker = next((w for en1, w in prefixes.items() if en2.startswith(en1)), "en2 %s..." % en2[:8])
+        acc, rej = table.get((SUB_ACCOUNT, worker), (0, 0))
+        table[(SUB_ACCOUNT, worker)] = (acc + ok, rej + (not ok))
+    return table
+
+
 def _summary(pool: Any, miners: List[SimMiner]) -> str:
     table = pool_table(pool.stats)
     pool_acc = sum(a for a, _ in table.values())
@@ -51,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gagent-sim", description="A pool simulator, an agent and N hashing miners in one process.")
     parser.add_argument("--miners", type=int, default=5, help="number of simulated miners (default 5)")
     parser.add_argument("--seconds", type=float, default=20.0, help="how long to mine (default 20)")
+    parser.add_argument("--pool", choices=("btcagent", "stratum"), default="btcagent",
+                        help="the pool simulator's protocol: BTCAgent (default) or plain stratum v1")
     parser.add_argument("--difficulty", type=float, default=DEMO_DIFFICULTY,
                         help="pool starting difficulty (default 1/65536)")
     parser.add_argument("--report-every", type=float, default=3.0, help="seconds between progress lines")
@@ -67,17 +88,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from ..config import config_from_dict   # imported late: `--help` works without them
     from ..server import Agent
     from .pool import PoolSimulator
+    from .stratum_pool import Share, StratumPoolSimulator
 
-    pool = PoolSimulator(host="127.0.0.1", port=0, default_difficulty=args.difficulty)
+    verdicts: List[Tuple[str, bool]] = []   # stratum: (extranonce2, accepted) of every share judged
+    pool: Any
+    if args.pool == "stratum":
+        pool = StratumPoolSimulator(host="127.0.0.1", port=0, default_difficulty=args.difficulty,
+                                    on_share=lambda conn, params, verdict, t: verdicts.append(
+                                        (str(params[2] if len(params) > 2 else ""), isinstance(verdict, Share))))
+        entry = ["stratum+tcp://127.0.0.1", 0, SUB_ACCOUNT, "x"]
+    else:
+        pool = PoolSimulator(host="127.0.0.1", port=0, default_difficulty=args.difficulty)
+        entry = ["127.0.0.1", 0, SUB_ACCOUNT]
     agent = None
     miners: List[SimMiner] = []
     try:
         pool.start()
-        print("pool simulator on %s:%d (difficulty %g)" % (pool.address[0], pool.address[1],
-                                                            args.difficulty))
+        print("%s pool simulator on %s:%d (difficulty %g)" % (args.pool, pool.address[0], pool.address[1],
+                                                               args.difficulty))
+        entry[1] = pool.address[1]
         agent = Agent(config_from_dict({
-            "agent_listen_ip": "127.0.0.1", "agent_listen_port": 0,
-            "pools": [["127.0.0.1", pool.address[1], SUB_ACCOUNT]]}))
+            "agent_listen_ip": "127.0.0.1", "agent_listen_port": 0, "pools": [entry]}))
         agent.start()
         if not agent.wait_ready(15):
             print("agent got no authorized pool connection within 15 s", file=sys.stderr)
@@ -106,7 +137,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         gevent.sleep(0.1)
         for miner in miners:
             miner.stop()
-        table = pool_table(pool.stats)
+        table = stratum_table(verdicts, miners) if args.pool == "stratum" else pool_table(pool.stats)
         print()
         print("%-12s %-12s %9s %9s   %s" % ("sub-account", "worker", "accepted", "rejected",
                                             "miner view (sent/acc/rej)"))

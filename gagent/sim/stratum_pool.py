@@ -93,13 +93,18 @@ class SentJob:
         self.shares: Set[Tuple[str, str, int, int, int]] = set()  # (en1, en2, ntime, nonce, vbits)
 
 
+# on_share(conn, submit params, the accepted Share or the rejection reason, time the line was read)
+ShareObserver = Callable[["StratumConnection", list, Union[Share, str], float], None]
+NotifyObserver = Callable[["StratumConnection", str, float], None]  # (conn, job id, time sent)
+
+
 class StratumConnection:
     """The pool side of one stratum v1 client connection."""
 
     __slots__ = ("sock", "peer", "extranonce1", "extranonce2_size", "subscribed", "xnsub", "user",
                  "users", "version_mask", "difficulty", "jobs", "window_start", "window_shares",
                  "shares_received", "accepted", "rejected", "replies", "closed", "reader", "reading",
-                 "_write_lock")
+                 "read_at", "_write_lock")
 
     def __init__(self, sock: Any, peer: Any, extranonce1: str, extranonce2_size: int,
                  difficulty: float) -> None:
@@ -124,6 +129,7 @@ class StratumConnection:
         self.reader: Optional[gevent.Greenlet] = None
         self.reading = gevent.event.Event()  # cleared while the pool stops reading (stop_reading)
         self.reading.set()
+        self.read_at = 0.0  # time.time() of the last read: when the lines being handled arrived
         self._write_lock = gevent.lock.Semaphore()
 
     def __repr__(self) -> str:
@@ -201,7 +207,11 @@ class StratumPoolSimulator(FaultInjection):
 
     `stats` maps the credited worker name (before authorize: the name in the submit) to
     WorkerStats, `shares` lists every accepted Share, `statuses` counts verdicts by reason
-    ("accepted" for accepted ones).
+    ("accepted" for accepted ones). `bytes_received` and `reads` count what the pool read from
+    every connection. Observers, as PoolSimulator's (bench/run.py records with them): `on_share(conn,
+    params, verdict, t_read)` after each submit is judged (verdict: the accepted Share, or the
+    rejection reason; FORCED for a valid share answered with a forced status), `on_notify(conn, job_id,
+    t_sent)` after each mining.notify is written.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, default_difficulty: float = 1.0,
@@ -211,7 +221,8 @@ class StratumPoolSimulator(FaultInjection):
                  strict_worker_names: bool = False, vardiff_target: Optional[float] = None,
                  vardiff_interval: float = 30.0, min_difficulty: Optional[float] = None,
                  max_difficulty: Optional[float] = None, job_interval: Optional[float] = None,
-                 recv_buffer_size: Optional[int] = None) -> None:
+                 recv_buffer_size: Optional[int] = None, on_share: Optional[ShareObserver] = None,
+                 on_notify: Optional[NotifyObserver] = None) -> None:
         if not default_difficulty > 0:
             raise ValueError("default_difficulty must be positive")
         if not (1 <= extranonce1_size <= 16 and 1 <= extranonce2_size <= 16):
@@ -240,6 +251,10 @@ class StratumPoolSimulator(FaultInjection):
         self.max_difficulty = max_difficulty
         self.job_interval = job_interval
         self.recv_buffer_size = recv_buffer_size
+        self.on_share = on_share
+        self.on_notify = on_notify
+        self.bytes_received = 0
+        self.reads = 0
         self.connections: List[StratumConnection] = []
         self.connections_total = 0
         self.connect_times: List[float] = []
@@ -372,7 +387,8 @@ class StratumPoolSimulator(FaultInjection):
     def _send_job(self, conn: StratumConnection, job_id: str, clean: bool, prefix: bytes = b"") -> None:
         """Record the connection's difficulty for the job and send its notify."""
         conn.jobs[job_id] = SentJob(conn.difficulty, conn.extranonce1, conn.extranonce2_size)
-        conn.send(prefix + self.jobs[job_id].notify_line(job_id, clean))
+        if conn.send(prefix + self.jobs[job_id].notify_line(job_id, clean)) and self.on_notify is not None:
+            self.on_notify(conn, job_id, time.time())
 
     def _job_loop(self, interval: float) -> None:
         while True:
@@ -502,6 +518,9 @@ class StratumPoolSimulator(FaultInjection):
                 return
             if not conn.reading.is_set():  # stopped while this recv waited: hold the chunk back
                 conn.reading.wait()
+            conn.read_at = time.time()
+            self.bytes_received += len(data)
+            self.reads += 1
             buf += data
             *lines, buf = buf.split(b"\n")
             for line in lines:
@@ -634,6 +653,8 @@ class StratumPoolSimulator(FaultInjection):
                 conn.send(stratum.error_line(msg_id, forced))
             else:
                 conn.send(stratum.error_line(msg_id, *REJECTS[verdict]))
+        if self.on_share is not None:
+            self.on_share(conn, params, verdict, conn.read_at)
         self._retarget(conn)
 
     def _judge(self, conn: StratumConnection, submitted: str, credit: str,
