@@ -1,5 +1,5 @@
 """The agent's minute-by-minute history: ring buffers, per-minute share counts, missing minutes as null,
-bounded memory, the JSON the page reads, the sampling greenlet."""
+bounded memory, the JSON the page reads, the sampling greenlet, and /history.json on a running agent."""
 import json
 import time
 import tracemalloc
@@ -7,7 +7,9 @@ import tracemalloc
 import gevent
 import pytest
 
-from conftest import wait_until
+from conftest import http_request, wait_until
+from gagent.sim.miner import SimMiner
+from gagent.status import StatusServer
 from gagent.status import history as history_module
 from gagent.status.history import FIGURES, History, sample_agents
 from test_status import FakeMiner, fake_agent, fake_connection
@@ -248,3 +250,44 @@ def test_sample_agents_lets_the_hub_run_during_a_long_walk():
     ticker.kill()
     assert sampled["a"]["miners"] == 2000 and sampled["a"]["hashrate"] == pytest.approx(2e12)
     assert len(ticks) >= 3  # 2000 miners: a turn for the hub every 500
+
+
+def test_history_json_is_served_by_a_running_agents_status_server_with_the_first_sample(agent):
+    miner = SimMiner(*agent.address, username="demo.rig1", max_shares=3).start()
+    server = None
+    try:
+        assert wait_until(lambda: miner.accepted == 3 and sum(agent.counters.shares_accepted.values()) == 3,
+                          timeout=20), miner
+        [session] = agent.miners.values()
+        rate = session.hashrate()  # no more shares: it only decays, by 0.17 % a second
+        assert rate > 0
+        minute = int(time.time() // 60) * 60
+        server = StatusServer(agent, ("127.0.0.1", 0))
+        server.start()
+        status, headers, body = http_request(server.address, "/history.json")
+        assert status == 200 and headers["content-type"] == "application/json"
+        doc = json.loads(body)
+        assert doc["t"] in ([minute], [minute + 60])  # the sample taken at start, not a minute later
+        name = "127.0.0.1:0"  # the listen address as configured: the listener's default name
+        assert set(doc["series"]) == {"total", name}
+        for series in doc["series"].values():
+            assert series["miners"] == [1] and series["connections_ready"] == [1]
+            assert series["accepted"] == [3] and series["rejected"] == [0]
+            assert series["hashrate"][0] == pytest.approx(rate, rel=0.005)
+    finally:
+        miner.stop()
+        if server is not None:
+            server.stop()
+
+
+def test_status_server_stops_its_history():
+    feed = Feed()
+    feed.now = {"total": figures()}
+    history = History(feed, interval=0.05)
+    server = StatusServer(fake_agent(), ("127.0.0.1", 0), history=history)
+    server.start()
+    assert wait_until(lambda: feed.calls >= 3, timeout=3)
+    server.stop()
+    calls = feed.calls
+    gevent.sleep(0.2)
+    assert feed.calls == calls
