@@ -43,7 +43,10 @@ def start_browser(profile_dir):
         options.add_argument(flag)
     options.add_argument("--user-data-dir=%s" % profile_dir)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return in_thread(lambda: webdriver.Chrome(service=Service(CHROMEDRIVER), options=options))
+    # Started here, not in a thread: gevent's subprocess (the tests patch it) starts processes from the
+    # hub's own thread only. Its handshake goes through the patched sockets, so the hub keeps serving;
+    # no connection is kept alive, as later calls come from the thread pool (a thread of their own).
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options, keep_alive=False)
 
 
 def page_state(browser):
