@@ -103,8 +103,8 @@ class History:
                 for values in series.values.values():
                     self._clear(values, self._latest + 1, min(slot - self._latest, self.points))
         self._latest = slot
-        for name, values in figures.items():
-            self._store(name, slot, values)
+        for name, figures_now in figures.items():
+            self._store(name, slot, figures_now)
         for name in [name for name, series in self._series.items() if series.last_slot <= slot - self.points]:
             del self._series[name]
         self._version += 1
