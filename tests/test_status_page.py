@@ -1,11 +1,13 @@
 """The status page in a real headless Chromium: it shows the farm the simulators run, follows a miner
-that leaves, highlights a stale worker, its table sorts and filters, and it says when the agent is gone.
+that leaves, highlights a stale worker, its table sorts and filters, and it says when the agent is gone;
+its chart draws the history the agent kept before the page opened, again after a reload.
 
 Skipped, with the reason, where Chromium or chromedriver is missing (.ci/run installs both).
 Selenium's calls block, and the page's requests are served by this process's gevent hub, so every
 browser call runs in gevent's thread pool while the hub keeps serving.
 """
 import shutil
+import time
 
 import gevent
 import pytest
@@ -13,10 +15,12 @@ import pytest
 from conftest import wait_until
 from gagent.sim.miner import SimMiner
 from gagent.status import StatusServer
+from gagent.status.history import History, sample_agents
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.select import Select  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = "/usr/bin/chromedriver" if shutil.which("/usr/bin/chromedriver") else shutil.which("chromedriver")
@@ -43,7 +47,10 @@ def start_browser(profile_dir):
         options.add_argument(flag)
     options.add_argument("--user-data-dir=%s" % profile_dir)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return in_thread(lambda: webdriver.Chrome(service=Service(CHROMEDRIVER), options=options))
+    # Started here, not in a thread: gevent's subprocess (the tests patch it) starts processes from the
+    # hub's own thread only. Its handshake goes through the patched sockets, so the hub keeps serving;
+    # no connection is kept alive, as later calls come from the thread pool (a thread of their own).
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options, keep_alive=False)
 
 
 def page_state(browser):
@@ -55,30 +62,36 @@ def page_state(browser):
                   firmware: cells[3].textContent, accepted: Number(cells[6].textContent.replace(/,/g, ''))};
         });
         function text(id) { return document.getElementById(id).textContent; }
+        var chart = document.getElementById('chart').dataset;
         return {rows: rows, online: text('miners-online'), connections: text('connections'),
                 health: text('health'), stale: text('stale-count'), rejects: text('rejects'),
-                count: text('workers-count'), chart_note: text('chart-note'), error: text('error')};
+                count: text('workers-count'), chart_note: text('chart-note'), error: text('error'),
+                updated: text('updated'),
+                chart: {points: Number(chart.points), first: Number(chart.first), peak: Number(chart.peak)}};
     """)
 
 
 @pytest.fixture
-def farm(agent_factory, tmp_path):
+def browser(tmp_path):
+    browser = start_browser(tmp_path / "chromium-profile")
+    yield browser
+    in_thread(browser.quit)
+
+
+@pytest.fixture
+def farm(agent_factory, browser):
     agent = agent_factory(submit_response_from_server=True, advanced={"pool_connection_number_per_subaccount": 2})
     status = StatusServer(agent, ("127.0.0.1", 0))
     status.start()
     miners = {}
-    browser = None
     try:
         for n in (1, 2, 3, 4):
             miners["rig%02d" % n] = SimMiner(*agent.address, username="demo.rig%02d" % n,
                                              user_agent="bmminer/2.0.%d" % n).start()
         miners["guess"] = SimMiner(*agent.address, username="demo.guess", hashing=False, submit_interval=0.2,
                                    user_agent="guesser/1").start()
-        browser = start_browser(tmp_path / "chromium-profile")
         yield agent, status, miners, browser
     finally:
-        if browser is not None:
-            in_thread(browser.quit)
         for miner in miners.values():
             miner.stop()
         status.stop()
@@ -101,7 +114,8 @@ def test_page_shows_the_farm_follows_it_sorts_filters_and_says_when_the_agent_is
     assert {r["firmware"] for r in state["rows"]} == {"bmminer/2.0.1", "bmminer/2.0.2", "bmminer/2.0.3",
                                                       "bmminer/2.0.4", "guesser/1"}
     assert shows(lambda s: "Low difficulty" in s["rejects"]), "the guesser's rejects are not shown by reason"
-    assert shows(lambda s: s["chart_note"] == "(since this tab opened)"), "the chart did not get two points"
+    assert shows(lambda s: s["chart"]["points"] >= 2 and s["chart_note"].startswith("(since ")), \
+        "the chart did not get two points"
 
     # a miner leaves
     miners["rig03"].stop()
@@ -143,3 +157,46 @@ def test_page_shows_the_farm_follows_it_sorts_filters_and_says_when_the_agent_is
     status.stop()
     assert shows(lambda s: "Cannot reach the agent" in s["error"])
 
+
+def test_the_chart_draws_the_history_kept_before_the_page_opened_and_again_after_a_reload(agent, browser):
+    left = 60 - time.time() % 60
+    if left < 10:  # the first look expects no new minute meanwhile
+        gevent.sleep(left + 0.1)
+    name = "127.0.0.1:0"
+    prefill = {}  # while it holds figures, the history samples those instead of the agent
+    history = History(lambda: dict(prefill) or sample_agents([(name, agent)]))
+    first_minute = int(time.time() // 60) - 180
+    for minute in range(180):  # three hours before the page opens, ten minutes of them missed
+        if 100 <= minute < 110:
+            continue
+        rate = 1e12 * (1 + minute % 7)
+        figures = {"hashrate": rate, "miners": 3, "accepted": 12 * minute, "rejected": 0, "connections_ready": 1}
+        prefill.update({"total": figures, name: figures})
+        history.record((first_minute + minute) * 60)
+    prefill.clear()
+    status = StatusServer(agent, ("127.0.0.1", 0), history=history)
+    status.start()  # its first sample: the agent now, no miners, 0 H/s
+    try:
+        def chart_once_live():
+            """The chart once the page has drawn its first live point after the history."""
+            assert wait_until(lambda: page_state(browser)["updated"].startswith("updated"), timeout=15)
+            return page_state(browser)["chart"]
+
+        # a refresh a minute: one live point on top of the history, so the count is exact
+        in_thread(browser.get, "http://%s:%d/?refresh=60" % status.address)
+        chart = chart_once_live()
+        assert chart["first"] == first_minute * 60  # three hours before the page opened
+        assert chart["points"] == 170 + 1 + 1      # the kept minutes, the sample at start, the live point
+        assert chart["peak"] == 7e12
+        in_thread(browser.refresh)
+        chart = chart_once_live()
+        assert chart["first"] == first_minute * 60 and chart["peak"] == 7e12
+        assert chart["points"] in (172, 173)  # a minute may have passed: one more sample
+        in_thread(lambda: Select(browser.find_element(By.ID, "chart-span")).select_by_value("3600"))
+        chart = page_state(browser)["chart"]
+        assert time.time() - 3600 - 120 < chart["first"] < time.time() - 3600 + 120
+        assert chart["points"] in (61, 62)  # the last hour's minutes and the live point
+        severe = [entry for entry in in_thread(browser.get_log, "browser") if entry["level"] == "SEVERE"]
+        assert severe == [], severe
+    finally:
+        status.stop()

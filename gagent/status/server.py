@@ -1,4 +1,5 @@
-"""The status listener: /metrics, /status.json, /healthz and the page, on a small HTTP server of its own.
+"""The status listener: /metrics, /status.json, /history.json, /healthz and the page, on a small HTTP server
+of its own.
 
 It runs in the agent's process and reads the agent's objects directly; a small request pool bounds
 what a burst of scrapes or open browser tabs can take from the miners. GET and HEAD, one request per
@@ -6,8 +7,9 @@ connection (every answer says Connection: close). gevent's WSGI server did the s
 6 MB of resident memory (it imports http.client, email and ssl); prometheus-client (about 10 MB) is
 imported by the first scrape of /metrics.
 
-Requests for /status.json or /metrics that come while one is being built wait for that build and get
-the same body, instead of starting their own; /metrics is also answered again for METRICS_CACHE_SECONDS.
+Requests for /status.json, /history.json or /metrics that come while one is being built wait for that
+build and get the same body, instead of starting their own; /metrics is also answered again for
+METRICS_CACHE_SECONDS.
 """
 import logging
 import pkgutil
@@ -22,6 +24,7 @@ from gevent.pool import Pool
 from gevent.server import StreamServer
 
 from ..config import listen_address
+from .history import History, sample_agents
 from .snapshot import health_problem, status_json_chunks
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -40,6 +43,8 @@ LINGER_SECONDS = 2.0      # reading what the client still sends after the answer
 # and saved nothing; requests that come while it is being built still share that build.
 METRICS_CACHE_SECONDS = 2.0
 STATUS_CACHE_SECONDS = 0.0
+# /history.json is about 40 kB per series (a full day); a page asks for it once, when it opens.
+HISTORY_CACHE_SECONDS = 0.0
 TEXT = "text/plain; charset=utf-8"
 Body = Union[bytes, Sequence[bytes]]  # one piece, or pieces sent one after the other
 Answer = Tuple[str, str, Body, List[Tuple[str, str]]]  # status, content type, body, extra headers
@@ -100,9 +105,14 @@ class Cached:
 
 
 class StatusServer:
-    """HTTP status listener for one agent: `start()`, `.address`, `stop()`."""
+    """HTTP status listener for one agent: `start()`, `.address`, `stop()`.
 
-    def __init__(self, agent: "Agent", address: Optional[Tuple[str, int]] = None) -> None:
+    It keeps the agent's History (its own unless one is given), sampled from `start()` to `stop()`;
+    the agent's series is named after its listen address, "HOST:PORT".
+    """
+
+    def __init__(self, agent: "Agent", address: Optional[Tuple[str, int]] = None,
+                 history: Optional[History] = None) -> None:
         self.agent = agent
         self.registry: Any = None  # the Prometheus registry, made by the first scrape
         self.page = pkgutil.get_data(__name__.rpartition(".")[0], "page.html") or b""
@@ -111,6 +121,11 @@ class StatusServer:
         self._server = StreamServer(address, self._serve, spawn=Pool(MAX_REQUESTS))
         self._status_json = Cached(lambda: status_json_chunks(self.agent), STATUS_CACHE_SECONDS)
         self._metrics = Cached(self._metrics_text, METRICS_CACHE_SECONDS)
+        if history is None:
+            name = "%s:%d" % (agent.config.agent_listen_ip, agent.config.agent_listen_port)
+            history = History(lambda: sample_agents([(name, self.agent)]))
+        self.history = history
+        self._history_json = Cached(history.to_json, HISTORY_CACHE_SECONDS)
 
     @property
     def address(self) -> Tuple[str, int]:
@@ -120,11 +135,14 @@ class StatusServer:
     def start(self) -> None:
         """Bind and serve (raises OSError if the port is taken)."""
         self._server.start()
+        self.history.start()
         log.info("status page on http://%s:%d/ (metrics at /metrics)", *self.address)
 
     def stop(self, timeout: float = 2.0) -> None:
         self._server.stop(timeout=timeout)
+        self.history.stop()
         self._status_json.close()
+        self._history_json.close()
         self._metrics.close()
 
     def _metrics_text(self) -> bytes:
@@ -141,6 +159,8 @@ class StatusServer:
             return "200 OK", "text/html; charset=utf-8", self.page, []
         if path == "/status.json":
             return "200 OK", "application/json", self._status_json.get(), []
+        if path == "/history.json":
+            return "200 OK", "application/json", self._history_json.get(), []
         if path == "/metrics":
             body = self._metrics.get()
             from .metrics import CONTENT_TYPE_LATEST  # loaded by the build
