@@ -41,6 +41,7 @@ POOL_MAX_CONTAINERS = 64
 RECV_SIZE = 65536
 FAN_OUT_BATCH = 256
 JOBS_KEPT = 256               # job short ids cycle through this many slots
+LIVE_JOBS = 16                # jobs taking shares until a clean one (8 min at a job every 30 s); older get 21
 DRAIN_POLL_SECONDS = 0.01
 VARDIFF_MIN_DIFFICULTY = 1.0  # unless the configured start difficulty is lower (CPU miners, tests)
 REQUEST_IDS = 1 << 30         # submit request ids cycle below this; handshake ids are strings
@@ -61,6 +62,12 @@ class PoolJob:
         self.line_clean = self.line if check_job.clean else stratum.notification_line(
             "mining.notify", miner_params + [True])
         self.stale = False
+
+    def retire(self) -> None:
+        """A clean job replaced it, or LIVE_JOBS newer ones came: its shares get 21 from now on, and
+        its duplicate memory (up to 8,192 shares) is freed."""
+        self.stale = True
+        self.check.seen = None
 
 
 class StratumSession:
@@ -504,7 +511,11 @@ class StratumSession:
         if check_job.clean:
             for older in self._jobs:
                 if older is not None:
-                    older.stale = True
+                    older.retire()
+        else:
+            older = self._jobs[(short_id - LIVE_JOBS) % JOBS_KEPT]
+            if older is not None:
+                older.retire()
         self._jobs[short_id] = job
         self.last_job = job
         self.slot.owner.job_seen(miner_params)

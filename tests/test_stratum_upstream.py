@@ -311,3 +311,23 @@ def test_a_full_connection_makes_the_pool_set_open_another(stratum_pool_factory,
     assert {m.extranonce1 for m in miners} == {"05"}  # the same prefix, on three connections
     assert all(m.rejected == 0 for m in miners)
     assert sum(count for reason, count in pool.statuses.items() if reason != "accepted") == 0
+
+
+def test_jobs_older_than_the_live_window_are_stale_and_their_memory_freed(stratum_pool_factory, running):
+    pool = stratum_pool_factory()
+    agent = running([stratum_entry(pool)])
+    client = LineClient(agent.address)
+    try:
+        _, seen = client.login("acct.old")
+        old = [m for m in seen if m.get("method") == "mining.notify"][-1]["params"]
+        for _ in range(gagent.stratumv1.LIVE_JOBS):
+            pool.new_job()
+            client.read_until(lambda m: m.get("method") == "mining.notify")
+        session = agent.upstreams[0].session
+        jobs = [job for job in session._jobs if job is not None]
+        assert len(jobs) == gagent.stratumv1.LIVE_JOBS + 1
+        assert [job.check.seen is None for job in jobs] == [True] + [False] * gagent.stratumv1.LIVE_JOBS
+        msg_id = client.request("mining.submit", ["acct.old", old[0], "00000001", old[7], "00000001"])
+        assert client.answer(msg_id)["error"][0] == 21
+    finally:
+        client.close()
