@@ -22,6 +22,7 @@ from gagent.config import config_from_dict
 from gagent.server import Agent
 from gagent.sim.miner import SimMiner
 from gagent.sim.pool import PoolSimulator
+from gagent.farm import Farm
 from gagent.status import StatusServer
 
 FIRMWARE = ("bmminer/2.0.0", "cgminer/4.11.1", "bosminer/1.2.0", "btminer/3.1.0")
@@ -49,7 +50,7 @@ def main() -> int:
     if not agent.wait_ready(15):
         print("the agent got no pool connection", file=sys.stderr)
         return 1
-    status = StatusServer(agent, ("127.0.0.1", 0))
+    status = StatusServer(Farm(agent.config, [agent]), ("127.0.0.1", 0))
     status.start()
     miners: List[SimMiner] = []
     for n in range(26):

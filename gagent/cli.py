@@ -1,5 +1,4 @@
 """Command line entry point: `gagent -c etc/agent_conf.json [-l LOGDIR]`, `gagent --check-config -c FILE`."""
-import errno
 import logging
 import os
 import re
@@ -15,7 +14,7 @@ import simplejson
 from .config import Config, ConfigError, load_config
 from .connect import redact_url
 from .logs import LOG_FORMAT, SummaryLogger, setup_logging
-from .server import Agent
+from .farm import Farm, ListenerError
 from .status import StatusServer
 
 log = logging.getLogger("gagent")
@@ -28,7 +27,7 @@ def effective_settings(config: Config) -> Dict[str, Any]:
     """Every setting in force, as JSON-friendly values, with secrets masked."""
     settings: Dict[str, Any] = {}
     for key, value in sorted(vars(config).items()):
-        if key == "check_config":
+        if key in ("check_config", "_listeners"):
             continue
         if key == "pools":
             value = [{"pool": pool.label, "kind": pool.kind, "user": pool.sub_account,
@@ -38,6 +37,10 @@ def effective_settings(config: Config) -> Dict[str, Any]:
         elif SECRET_KEY.search(key) and isinstance(value, str) and value:
             value = MASK
         settings[key] = value
+    if len(config.listeners) > 1 or config.listeners[0] is not config:
+        # per listener, the settings that differ from the top level
+        settings["listeners"] = [{key: value for key, value in effective_settings(listener).items()
+                                  if key == "name" or value != settings.get(key)} for listener in config.listeners]
     return settings
 
 
@@ -64,18 +67,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     if limit < 2 * 1024:
         log.warning("open-file limit is %d: gagent can serve at most about %d miners; raise it "
                     "(ulimit -n, LimitNOFILE= or supervisor minfds)", limit, limit - 64)
-    agent = Agent(config)
+    farm = Farm(config)
     try:
-        agent.start()
-    except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            log.error("cannot listen on %s:%d: the port is in use; stop the other program or set "
-                      "agent_listen_port", config.agent_listen_ip, config.agent_listen_port)
-        else:
-            log.error("cannot listen on %s:%d: %s", config.agent_listen_ip, config.agent_listen_port, exc)
+        farm.start()
+    except ListenerError as exc:
+        log.error("%s", exc)
         return 1
-    status = start_status_server(agent)
-    summary = SummaryLogger(agent)
+    status = start_status_server(farm)
+    summary = SummaryLogger(farm)
     summary.start()
     stopped = gevent.event.Event()
 
@@ -92,27 +91,27 @@ def main(argv: Optional[List[str]] = None) -> int:
     summary.stop()
     if status is not None:
         status.stop()
-    agent.stop()
+    farm.stop()
     log.info("stopped")
     logging_setup.close()
     return 0
 
 
-def start_status_server(agent: Agent) -> Optional[StatusServer]:
+def start_status_server(farm: Farm) -> Optional[StatusServer]:
     """The status listener on `http_listen`, or None when it is off or cannot listen.
 
     A status port that is taken costs the status page, not the miners: the agent logs an error and
     keeps mining.
     """
-    if not agent.config.http_listen:
+    if not farm.config.http_listen:
         return None
-    status = StatusServer(agent)
+    status = StatusServer(farm)
     try:
         status.start()
     except OSError as exc:
         log.error("cannot serve the status page on %s: %s; mining continues without /metrics, "
                   "/status.json and /healthz (set http_listen to a free address, or \"\" to turn it off)",
-                  agent.config.http_listen, exc.strerror or exc)
+                  farm.config.http_listen, exc.strerror or exc)
         return None
     return status
 

@@ -5,7 +5,7 @@ given in all three places; nested `advanced` keys are flat options (`--pool-conn
 """
 import logging
 import os
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import configargparse
 import simplejson
@@ -62,6 +62,7 @@ TOP_LEVEL_DEFAULTS: Dict[str, Any] = {
     "http_per_worker_metrics": False,
     "log_max_bytes": 50 << 20,
     "log_backups": 5,
+    "listeners": None,
 }
 ADVANCED_DEFAULTS: Dict[str, Any] = {
     "pool_connection_number_per_subaccount": 5,
@@ -81,6 +82,8 @@ ADVANCED_DEFAULTS: Dict[str, Any] = {
 }
 # Keys of the original agents that have no meaning here; accepted silently.
 IGNORED_KEYS = ("agent_type", "use_iocp", "http_debug")
+# One value for the whole process; every other key may differ per listener (`listeners`).
+PROCESS_KEYS = ("http_listen", "http_per_worker_metrics", "log_max_bytes", "log_backups", "listeners")
 IGNORED_ADVANCED_KEYS = ("message_queue_size",)
 
 
@@ -123,9 +126,15 @@ class Config:
     log_dir: Optional[str]
     log_level: str
     check_config: bool
+    name: str                   # the listener's name (default "HOST:PORT")
 
     def __init__(self, values: Dict[str, Any]) -> None:
         self.__dict__.update(values)
+
+    @property
+    def listeners(self) -> List["Config"]:
+        """Every listener's config; without `listeners` in the file, this config alone."""
+        return self.__dict__.get("_listeners") or [self]
 
     def __repr__(self) -> str:
         return "Config(%r)" % self.__dict__
@@ -275,7 +284,66 @@ def listen_address(value: str) -> "tuple[str, int]":
 
 
 def validate(raw: Dict[str, Any]) -> Config:
-    """Apply defaults and check every key; raises ConfigError naming the first bad key."""
+    """Apply defaults and check every key, each listener's too; raises ConfigError naming the first bad key
+    (and the listener entry)."""
+    entries = raw.get("listeners")
+    if entries is None:
+        return _validate_one(raw)
+    if isinstance(entries, str):
+        try:
+            entries = simplejson.loads(entries)
+        except ValueError:
+            raise ConfigError("listeners: expected a JSON list of objects, got %r" % entries[:80]) from None
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError("listeners: expected a non-empty list of objects (each with agent_listen_port and "
+                          "pools, and any per-listener key), got %r" % (entries,))
+    base = {key: value for key, value in raw.items() if key != "listeners"}
+    top = _validate_one(dict(base, pools=base.get("pools") or [["-", 1, ""]]))
+    listeners: List[Config] = []
+    seen: Dict[Tuple[str, int], str] = {}
+    for n, entry in enumerate(entries):
+        config = _validate_listener(n, entry, base)
+        address = (config.agent_listen_ip, config.agent_listen_port)
+        if address in seen and config.agent_listen_port:
+            raise ConfigError("listeners[%d] (%s): %s:%d is also the address of listener %s"
+                              % (n, config.name, address[0], address[1], seen[address]))
+        seen[address] = config.name
+        listeners.append(config)
+    names = [config.name for config in listeners]
+    duplicate = next((name for name in names if names.count(name) > 1), None)
+    if duplicate is not None:
+        raise ConfigError("listeners: the name %r is given to more than one listener" % duplicate)
+    top._listeners = listeners
+    return top
+
+
+def _validate_listener(n: int, entry: Any, base: Dict[str, Any]) -> Config:
+    """One `listeners` entry: its keys over the top-level ones."""
+    if not isinstance(entry, dict):
+        raise ConfigError("listeners[%d]: expected an object, got %r" % (n, entry))
+    name = entry.get("name")
+    label = "listeners[%d]%s" % (n, " (%s)" % name if isinstance(name, str) and name else "")
+    if name is not None and not (isinstance(name, str) and name.strip()):
+        raise ConfigError("%s: name must be a non-empty string, got %r" % (label, name))
+    own = {key: value for key, value in entry.items() if key != "name"}
+    for key in PROCESS_KEYS:
+        if key in own:
+            raise ConfigError("%s: %s is one for the whole process; set it at the top level" % (label, key))
+    try:
+        flat = flatten_file_config(own, label)
+        merged = dict(base)
+        merged.update(flat)
+        config = _validate_one(merged)
+    except ConfigError as exc:
+        raise ConfigError("%s: %s" % (label, exc)) from None
+    config.name = name.strip() if name else config.name
+    if config.name == "total":
+        raise ConfigError('%s: "total" names the sum of all listeners on the status page; choose another name'
+                          % label)
+    return config
+
+
+def _validate_one(raw: Dict[str, Any]) -> Config:
     values: Dict[str, Any] = {}
     for key, default in list(TOP_LEVEL_DEFAULTS.items()) + list(ADVANCED_DEFAULTS.items()):
         values[key] = raw.get(key, default)
@@ -317,6 +385,8 @@ def validate(raw: Dict[str, Any]) -> Config:
         raise ConfigError("log_level: expected DEBUG, INFO, WARNING or ERROR, got %r" % raw.get("log_level"))
     if not values["use_proxy"]:
         values["proxy"] = []  # the Go agent's switch: the list stays in the file, unused
+    values["name"] = "%s:%d" % (values["agent_listen_ip"], values["agent_listen_port"])
+    values.pop("listeners", None)
     return Config(values)
 
 

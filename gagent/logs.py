@@ -9,7 +9,7 @@ import os
 import signal
 import time
 from logging.handlers import RotatingFileHandler
-from typing import TYPE_CHECKING, Any, Optional, Tuple
+from typing import TYPE_CHECKING, Any, List, Optional, Tuple
 
 import gevent
 
@@ -17,7 +17,7 @@ from .config import Config
 from .status.snapshot import MinerTotals, format_hashrate, held_miners, ready_connections, yielding
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .server import Agent
+    from .farm import Farm
 
 log = logging.getLogger("gagent")
 
@@ -94,10 +94,10 @@ def setup_logging(config: Config) -> LogSetup:
 
 
 class SummaryLogger:
-    """Logs one line every `interval` seconds: miners, pool connections, share rates, hashrate."""
+    """Logs a line every `interval` seconds per listener: miners, pool connections, share rates, hashrate."""
 
-    def __init__(self, agent: "Agent", interval: float = SUMMARY_INTERVAL) -> None:
-        self.agent = agent
+    def __init__(self, farm: "Farm", interval: float = SUMMARY_INTERVAL) -> None:
+        self.farm = farm
         self.interval = interval
         self._greenlet: Optional[gevent.Greenlet] = None
         self._last = self._share_counts()
@@ -115,27 +115,31 @@ class SummaryLogger:
         while True:
             gevent.sleep(self.interval)
             try:
-                log.info(self.line())
+                for line in self.lines():
+                    log.info(line)
             except Exception:  # a bug here must not end the summaries, let alone the agent
                 log.exception("summary line failed")
 
-    def _share_counts(self) -> Tuple[float, int, int]:
-        counters = self.agent.counters
-        return (time.monotonic(), sum(counters.shares_accepted.values()),
-                sum(counters.shares_rejected.values()))
+    def _share_counts(self) -> Tuple[float, List[Tuple[int, int]]]:
+        return (time.monotonic(), [(sum(agent.counters.shares_accepted.values()),
+                                    sum(agent.counters.shares_rejected.values())) for agent in self.farm.agents])
 
-    def line(self) -> str:
-        """The summary since the previous line (or since start)."""
-        agent = self.agent
-        then, accepted_then, rejected_then = self._last
-        self._last = now, accepted, rejected = self._share_counts()
+    def lines(self) -> List[str]:
+        """The summary since the previous lines (or since start), one line per listener; the listener's
+        name leads each line when there are several."""
+        then, counts_then = self._last
+        self._last = now, counts = self._share_counts()
         elapsed = max(now - then, 1e-9)
-        totals = MinerTotals()
-        for miner in yielding(list(agent.miners.values())):
-            totals.add(miner)
-        ready, total = ready_connections(agent)
-        return ("summary: %d miners online (%d connected, %d held), pool connections ready %d/%d, "
-                "shares/s accepted %.2f rejected %.2f, hashrate %s"
-                % (totals.total_authorized, totals.connected, held_miners(agent), ready, total,
-                   (accepted - accepted_then) / elapsed, (rejected - rejected_then) / elapsed,
-                   format_hashrate(totals.total_hashrate)))
+        several = len(self.farm.agents) > 1
+        lines = []
+        for agent, (accepted, rejected), (accepted_then, rejected_then) in zip(self.farm.agents, counts, counts_then):
+            totals = MinerTotals()
+            for miner in yielding(list(agent.miners.values())):
+                totals.add(miner)
+            ready, total = ready_connections(agent)
+            lines.append("summary%s: %d miners online (%d connected, %d held), pool connections ready %d/%d, "
+                         "shares/s accepted %.2f rejected %.2f, hashrate %s"
+                         % (" " + agent.name if several else "", totals.total_authorized, totals.connected,
+                            held_miners(agent), ready, total, (accepted - accepted_then) / elapsed,
+                            (rejected - rejected_then) / elapsed, format_hashrate(totals.total_hashrate)))
+        return lines

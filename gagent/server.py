@@ -39,6 +39,7 @@ SUBSCRIBE_TIMEOUT_SECONDS = 30.0  # a connection that never subscribes is not a 
 SWEEP_SECONDS = 5.0
 POOL_SET_IDLE_SECONDS = 60.0  # multi-user: how long a sub-account's connections outlive its last miner
 CLOCK_SECONDS = 1.0
+REACHABILITY_SECONDS = 30.0  # multi-user, no sub-account open: how often the pools are dialled for /healthz
 
 
 class MinerListener(StreamServer):
@@ -84,11 +85,12 @@ class MinerListener(StreamServer):
 class Agent:
     """Accepts miners, hands each authorized one to its pool set, stops gracefully."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, session_ids: Optional[SessionIdAllocator] = None) -> None:
         self.config = config
+        self.name = config.name  # the listener's name
         self.counters = Counters()
         self.started_at = time.time()
-        self.session_ids = SessionIdAllocator()
+        self.session_ids = session_ids if session_ids is not None else SessionIdAllocator()
         self.miners: Dict[int, MinerSession] = {}
         self.pool_sets: Dict[str, PoolSet] = {}
         self._idle_since: Dict[str, float] = {}  # multi-user: sub-account -> when its last miner left
@@ -103,6 +105,9 @@ class Agent:
         self._ready = Event()
         self._server: Optional[MinerListener] = None
         self._sweeper: Optional[gevent.Greenlet] = None
+        self._reachability: Optional[gevent.Greenlet] = None
+        # multi-user with no sub-account open: whether a pool answered the last dial (None: not dialled yet)
+        self.pools_reachable: Optional[bool] = None
         self._hub = get_hub()
         # Wall-clock seconds, refreshed every second: per-miner timestamps share these float objects
         # instead of each holding its own (10,000 miners, 24 bytes each, twice).
@@ -111,6 +116,11 @@ class Agent:
         # (extranonce1, extranonce2) bytes a subscribing miner is told: BTCAgent's 4 + 4 until a plain
         # stratum pool says what its extranonce2 leaves room for.
         self.extranonce_sizes: Tuple[int, int] = (4, 4)
+
+    @property
+    def _log_prefix(self) -> str:
+        where = "%s:%d" % (self.config.agent_listen_ip, self.config.agent_listen_port)
+        return "" if self.name == where else "listener %s: " % self.name
 
     @property
     def address(self) -> Tuple[str, int]:
@@ -180,7 +190,9 @@ class Agent:
         for pool_set in self.pool_sets.values():
             pool_set.start()
         self._sweeper = gevent.spawn(self._sweep_loop)
-        log.info("listening for miners on %s:%d; pools: %s", *self.address,
+        if self.config.multi_user_mode:
+            self._reachability = gevent.spawn(self._reachability_loop)
+        log.info("%slistening for miners on %s:%d; pools: %s", self._log_prefix, *self.address,
                  ", ".join("%s (%s, %s)" % (pool.label, pool.sub_account, pool.kind) for pool in self.config.pools))
 
     def wait_ready(self, timeout: Optional[float] = None) -> bool:
@@ -195,8 +207,9 @@ class Agent:
             self._server.close()
         if self._clock_timer is not None:
             self._clock_timer.stop()
-        if self._sweeper is not None:
-            self._sweeper.kill(block=False)
+        for task in (self._sweeper, self._reachability):
+            if task is not None:
+                task.kill(block=False)
         for miner in yielding(list(self.miners.values()), 1024):
             miner.close()
         gevent.joinall([gevent.spawn(pool_set.stop, deadline) for pool_set in self.pool_sets.values()],
@@ -304,6 +317,23 @@ class Agent:
                 del self.pool_sets[sub_account]
                 del self._idle_since[sub_account]
                 pool_set.stop()
+
+    def _reachability_loop(self) -> None:
+        """Multi-user: while no sub-account has connections open, dial the pools now and then (and close
+        at once), so /healthz can say whether a first miner would be served."""
+        while True:
+            if not self.pool_sets:
+                self.pools_reachable = self._a_pool_answers()
+            gevent.sleep(REACHABILITY_SECONDS)
+
+    def _a_pool_answers(self) -> bool:
+        for pool in self.config.pools:
+            try:
+                self.open_pool_socket(pool).close()
+                return True
+            except OSError:
+                continue
+        return False
 
     def _sweep_loop(self) -> None:
         """Close connections that never subscribed within SUBSCRIBE_TIMEOUT_SECONDS, and idle pool sets."""

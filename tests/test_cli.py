@@ -46,7 +46,7 @@ def test_gagent_serves_miners_logs_to_logdir_and_stops_on_sigterm(pool, tmp_path
         assert http_get(http_port, "/healthz") == (200, b"ok\n")
         status = json.loads(http_get(http_port, "/status.json")[1])
         assert [m["worker"] for m in status["miners"]] == ["cli"]
-        assert b"gagent_miners_connected 1.0" in http_get(http_port, "/metrics")[1]
+        assert b'gagent_miners_connected{listener="127.0.0.1:%d"} 1.0' % port in http_get(http_port, "/metrics")[1]
         client.close()
         process.send_signal(signal.SIGTERM)
         assert wait_until(lambda: process.poll() is not None, timeout=10), "agent did not stop on SIGTERM"

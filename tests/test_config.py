@@ -142,3 +142,46 @@ def test_cli_says_when_the_port_is_in_use(tmp_path):
         taken.close()
     assert result.returncode == 1
     assert "the port is in use" in result.stderr
+
+
+def test_listeners_take_the_top_level_keys_they_do_not_set():
+    config = config_from_dict({
+        "pools": [["btc.example", 1800, "farm"]], "fixed_worker_name": "", "advanced": {"upstream_grace_seconds": 20},
+        "listeners": [
+            {"agent_listen_port": 3333},
+            {"name": "customer-b", "agent_listen_port": 3334, "multi_user_mode": True,
+             "advanced": {"pool_connection_number_per_subaccount": 2}},
+            {"agent_listen_ip": "127.0.0.1", "agent_listen_port": 3335, "use_ip_as_worker_name": True,
+             "pools": [["stratum+tcp://other.example", 3333, "acct"]]}]})
+    first, second, third = config.listeners
+    assert [c.name for c in config.listeners] == ["0.0.0.0:3333", "customer-b", "127.0.0.1:3335"]
+    assert [c.agent_listen_port for c in config.listeners] == [3333, 3334, 3335]
+    assert (first.multi_user_mode, second.multi_user_mode, third.multi_user_mode) == (False, True, False)
+    assert [c.pool_connection_number_per_subaccount for c in config.listeners] == [5, 2, 5]
+    assert {c.upstream_grace_seconds for c in config.listeners} == {20.0}
+    assert first.pools[0].host == "btc.example" and third.pools[0].kind == "stratum"
+    assert third.use_ip_as_worker_name and not first.use_ip_as_worker_name
+
+
+def test_without_listeners_the_top_level_keys_are_the_one_listener():
+    config = config_from_dict({"pools": [["btc.example", 1800, "farm"]], "agent_listen_port": 3339})
+    assert config.listeners == [config] and config.name == "0.0.0.0:3339"
+
+
+@pytest.mark.parametrize("listeners, message", [
+    ([{"agent_listen_port": 3333}, {"name": "b", "agent_listen_port": "x"}], r"^listeners\[1\] \(b\): agent_listen_port"),
+    ([{"agent_listen_port": 3333, "pools": [["h", 70000, "s"]]}], r"^listeners\[0\]: pools\[0\] port"),
+    ([{"agent_listen_port": 3333, "http_listen": "1.2.3.4:80"}], r"^listeners\[0\]: http_listen is one for the whole"),
+    ([{"agent_listen_port": 3333}, {"agent_listen_port": 3333}], r"^listeners\[1\] \(0.0.0.0:3333\): 0.0.0.0:3333 is also"),
+    ([{"name": "a", "agent_listen_port": 3333}, {"name": "a", "agent_listen_port": 3334}], r"^listeners: the name 'a'"),
+    ([], r"^listeners: expected a non-empty list"),
+    (["3333"], r"^listeners\[0\]: expected an object"),
+])
+def test_a_bad_listener_entry_is_named(listeners, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict({"pools": [["h", 1, "s"]], "listeners": listeners})
+
+
+def test_listeners_need_pools_somewhere():
+    with pytest.raises(ConfigError, match=r"^listeners\[0\]: pools: missing"):
+        config_from_dict({"listeners": [{"agent_listen_port": 3333}]})

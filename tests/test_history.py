@@ -9,6 +9,7 @@ import pytest
 
 from conftest import http_request, wait_until
 from gagent.sim.miner import SimMiner
+from gagent.farm import Farm
 from gagent.status import StatusServer
 from gagent.status import history as history_module
 from gagent.status.history import FIGURES, History, sample_agents
@@ -262,7 +263,7 @@ def test_history_json_is_served_by_a_running_agents_status_server_with_the_first
         rate = session.hashrate()  # no more shares: it only decays, by 0.17 % a second
         assert rate > 0
         minute = int(time.time() // 60) * 60
-        server = StatusServer(agent, ("127.0.0.1", 0))
+        server = StatusServer(Farm(agent.config, [agent]), ("127.0.0.1", 0))
         server.start()
         status, headers, body = http_request(server.address, "/history.json")
         assert status == 200 and headers["content-type"] == "application/json"
@@ -284,7 +285,8 @@ def test_status_server_stops_its_history():
     feed = Feed()
     feed.now = {"total": figures()}
     history = History(feed, interval=0.05)
-    server = StatusServer(fake_agent(), ("127.0.0.1", 0), history=history)
+    fake = fake_agent()
+    server = StatusServer(Farm(fake.config, [fake]), ("127.0.0.1", 0), history=history)
     server.start()
     assert wait_until(lambda: feed.calls >= 3, timeout=3)
     server.stop()

@@ -84,9 +84,9 @@ def test_summary_line_counts_miners_connections_rates_and_hashrate(caplog):
     ready = SimpleNamespace(ready=True)
     lost = SimpleNamespace(ready=False)
     agent = SimpleNamespace(
-        counters=counters, miners={1: miner(1, "a", 2e12), 2: miner(2, "b", 1e12), 3: miner(3, "", 0.0)},
+        name="0.0.0.0:3333", counters=counters, miners={1: miner(1, "a", 2e12), 2: miner(2, "b", 1e12), 3: miner(3, "", 0.0)},
         pool_sets={"demo": SimpleNamespace(connections=[ready, ready, lost], held_count=1)})
-    summary = SummaryLogger(agent, interval=0.2)
+    summary = SummaryLogger(SimpleNamespace(agents=[agent]), interval=0.2)
     with caplog.at_level(logging.INFO, logger="gagent"):
         summary.start()
         counters.shares_accepted["demo"] += 10

@@ -17,6 +17,7 @@ from conftest import TINY_DIFFICULTY, http_request, wait, wait_until
 from gagent.config import PoolEntry, config_from_dict
 from gagent.counters import Counters
 from gagent.sim.miner import SimMiner
+from gagent.farm import Farm
 from gagent.status import StatusServer
 from gagent.status.snapshot import _encode, format_hashrate, miner_row, reason_name, status_json
 
@@ -58,8 +59,9 @@ def fake_agent(miners=(), connections=None, per_worker=False, listening=True, he
     if connections is None:
         connections = [fake_connection(0, miners=len(miners)), fake_connection(1, state="backoff")]
     pool_set = SimpleNamespace(sub_account="demo", connections=connections, held_count=held)
-    return SimpleNamespace(config=config, counters=Counters(), started_at=time.time() - 120, listening=listening,
-                           miners={m.session_id: m for m in miners}, pool_sets={"demo": pool_set})
+    return SimpleNamespace(config=config, name=config.name, counters=Counters(), started_at=time.time() - 120,
+                           listening=listening, miners={m.session_id: m for m in miners},
+                           pool_sets={"demo": pool_set}, pools_reachable=None)
 
 
 @pytest.fixture
@@ -67,7 +69,7 @@ def serve():
     servers = []
 
     def start(agent):
-        server = StatusServer(agent, ("127.0.0.1", 0))
+        server = StatusServer(Farm(agent.config, [agent]), ("127.0.0.1", 0))
         server.start()
         servers.append(server)
         return server
@@ -101,7 +103,15 @@ def parse_metrics(body):
 
 
 def sample(scrape, name, **labels):
-    return scrape[(name, frozenset(labels.items()))]
+    """The value of one series; a series of the one listener matches without its `listener` label."""
+    exact = (name, frozenset(labels.items()))
+    if exact in scrape:
+        return scrape[exact]
+    found = [value for (sample_name, sample_labels), value in scrape.items()
+             if sample_name == name and {key for key, _ in sample_labels} == set(labels) | {"listener"}
+             and set(labels.items()) <= sample_labels]
+    assert len(found) == 1, "%s %r: %d series" % (name, labels, len(found))
+    return found[0]
 
 
 # ---- against the contract -------------------------------------------------------------------------
@@ -130,7 +140,8 @@ def test_status_json_lists_miners_pools_and_rejects(serve):
     assert [(c["slot"], c["host"], c["port"], c["state"], c["miners"], c["extranonce1"])
             for c in pool_set["connections"]] == [(0, "pool.example", 1800, "ready", 3, "0a0b0c00"),
                                                   (1, "pool.example", 1800, "backoff", 0, "0a0b0c01")]
-    assert status["rejects"] == [{"sub_account": "demo", "code": 23, "reason": "Low difficulty", "count": 1}]
+    assert status["rejects"] == [{"listener": agent.name, "sub_account": "demo", "code": 23,
+                                  "reason": "Low difficulty", "count": 1}]
     assert status["healthy"] is True
 
 
@@ -197,10 +208,10 @@ def test_per_worker_text_is_what_prometheus_client_writes():
     slow through it); the text must be exactly what it would write for the same samples."""
     from prometheus_client import generate_latest
     from gagent.status.metrics import WORKER_FAMILIES, WorkerSeries, _label_texts, _Piece
-    rows = sorted({("demo", "rig1"): [2, 7, 1, 3.3e12, 1700000000.25, 65536.0],
-                   ("demo", 'we"ird\\name\n'): [1, 0, 0, 0.0, 0.0, 0.0],
-                   ("caf\u00e9", "r\u00fcg"): [1, 2 ** 40, 3, 1.5e13, 1700000000.25, 1024],
-                   ("demo", "rig2"): [1, 7, 1, 123.456, 1700000001.5, 65536.0]}.items())
+    rows = sorted({("a:3333", "demo", "rig1"): [2, 7, 1, 3.3e12, 1700000000.25, 65536.0],
+                   ("a:3333", "demo", 'we"ird\\name\n'): [1, 0, 0, 0.0, 0.0, 0.0],
+                   ('b "x"', "caf\u00e9", "r\u00fcg"): [1, 2 ** 40, 3, 1.5e13, 1700000000.25, 1024],
+                   ("a:3333", "demo", "rig2"): [1, 7, 1, 123.456, 1700000001.5, 65536.0]}.items())
     labels = _label_texts(rows)
     for index, (name, kind, documentation) in enumerate(WORKER_FAMILIES):
         series = WorkerSeries(name, kind, documentation, rows, index)
@@ -288,9 +299,9 @@ def test_miner_rows_are_exactly_the_encoded_rows():
     odd.peer_ip = None  # not a string: encoded from its dict
     miners.append(odd)
     agent = fake_agent(miners)
-    document = status_json(agent)
+    document = status_json(Farm(agent.config, [agent]))
     status = json.loads(document)
-    expected = _encode([miner_row(miner, status["now"]) for miner in miners]).encode()
+    expected = _encode([miner_row(miner, status["now"], agent.name) for miner in miners]).encode()
     assert document[document.index(b'"miners":[') + len(b'"miners":'):-1] == expected
     assert status["miners"][6]["difficulty"] == 1024 and isinstance(status["miners"][6]["difficulty"], int)
     assert status["miners"][7]["worker"] == 'r\u00fcg "8"\\\n\u2603' and status["miners"][7]["held"]
@@ -467,5 +478,6 @@ def test_healthz_follows_the_pool(farm):
 def test_status_server_refuses_a_taken_port(serve):
     server = serve(fake_agent())
     with pytest.raises(OSError):
-        StatusServer(fake_agent(), server.address).start()
+        agent = fake_agent()
+        StatusServer(Farm(agent.config, [agent]), server.address).start()
 

@@ -14,6 +14,7 @@ import pytest
 
 from conftest import wait_until
 from gagent.sim.miner import SimMiner
+from gagent.farm import Farm
 from gagent.status import StatusServer
 from gagent.status.history import History, sample_agents
 
@@ -81,7 +82,7 @@ def browser(tmp_path):
 @pytest.fixture
 def farm(agent_factory, browser):
     agent = agent_factory(submit_response_from_server=True, advanced={"pool_connection_number_per_subaccount": 2})
-    status = StatusServer(agent, ("127.0.0.1", 0))
+    status = StatusServer(Farm(agent.config, [agent]), ("127.0.0.1", 0))
     status.start()
     miners = {}
     try:
@@ -174,7 +175,7 @@ def test_the_chart_draws_the_history_kept_before_the_page_opened_and_again_after
         prefill.update({"total": figures, name: figures})
         history.record((first_minute + minute) * 60)
     prefill.clear()
-    status = StatusServer(agent, ("127.0.0.1", 0), history=history)
+    status = StatusServer(Farm(agent.config, [agent]), ("127.0.0.1", 0), history=history)
     status.start()  # its first sample: the agent now, no miners, 0 H/s
     try:
         def chart_once_live():

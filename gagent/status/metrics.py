@@ -1,6 +1,6 @@
-"""Prometheus metrics: a Collector that reads the agent when scraped, so counting costs nothing extra.
+"""Prometheus metrics: a Collector that reads the listeners when scraped, so counting costs nothing extra.
 
-Series per sub-account always; per worker only with `http_per_worker_metrics` (10,000 workers are
+Every gagent_* series carries the `listener` label. Series per sub-account always; per worker only with `http_per_worker_metrics` (10,000 workers are
 tens of thousands of series, more than most Prometheus setups want from one target). Workers that
 share a name (`fixed_worker_name`, or one rig reconnecting from two addresses) are summed into one
 series, since Prometheus refuses two samples with the same labels.
@@ -21,7 +21,7 @@ from ..counters import FANOUT_BUCKETS
 from .snapshot import STATES, MinerTotals, is_healthy, reason_name, yield_to_hub, yielding
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..server import Agent
+    from ..farm import Farm
 
 SAMPLES_PER_YIELD = 1000
 # the per-worker families: (name, type, help), in the order of the rows AgentCollector._miners makes
@@ -34,7 +34,7 @@ WORKER_FAMILIES = (
     ("gagent_worker_last_share_time_seconds", "gauge", "Unix time of the worker's last share (0: none yet)"),
     ("gagent_worker_difficulty", "gauge", "Last difficulty sent to the worker"),
 )
-WorkerRows = List[Tuple[Tuple[str, str], List[float]]]  # sorted [((sub_account, worker), values), ...]
+WorkerRows = List[Tuple[Tuple[str, str, str], List[float]]]  # sorted [((listener, sub_account, worker), values)]
 
 
 class WorkerSeries:
@@ -43,7 +43,7 @@ class WorkerSeries:
     series as a prometheus-client family: the text written must be what that formats to (a test
     compares them)."""
 
-    labels = ["sub_account", "worker"]
+    labels = ["listener", "sub_account", "worker"]
 
     def __init__(self, name: str, kind: str, documentation: str, rows: WorkerRows, index: int) -> None:
         self.name, self.kind, self.documentation = name, kind, documentation
@@ -92,117 +92,126 @@ def _escape(value: str) -> str:
 
 
 def _label_texts(rows: WorkerRows) -> List[str]:
-    """'{sub_account="...",worker="..."} ' of each row, SAMPLES_PER_YIELD rows between yields."""
+    """'{listener="...",sub_account="...",worker="..."} ' of each row, SAMPLES_PER_YIELD rows between yields."""
     texts: List[str] = []
     for start in range(0, len(rows), SAMPLES_PER_YIELD):
-        texts += ['{sub_account="%s",worker="%s"} ' % (_escape(sub_account), _escape(worker))
-                  for (sub_account, worker), _ in rows[start:start + SAMPLES_PER_YIELD]]
+        texts += ['{listener="%s",sub_account="%s",worker="%s"} ' % (_escape(listener), _escape(sub_account),
+                                                                     _escape(worker))
+                  for (listener, sub_account, worker), _ in rows[start:start + SAMPLES_PER_YIELD]]
         yield_to_hub()
     return texts
 
 
-class AgentCollector:
-    """Builds every gagent_* and process_* family from the agent's live state at scrape time."""
+class FarmCollector:
+    """Builds every gagent_* and process_* family from the listeners' live state at scrape time; every
+    gagent_* series but the build's carries the `listener` label."""
 
-    def __init__(self, agent: "Agent") -> None:
-        self.agent = agent
+    def __init__(self, farm: "Farm") -> None:
+        self.farm = farm
         self.process = psutil.Process()
 
     def describe(self) -> List[Metric]:
-        return []  # registering must not walk the agent; names are fixed and unique anyway
+        return []  # registering must not walk the agents; names are fixed and unique anyway
 
     def collect(self) -> Iterator[Metric]:
-        agent = self.agent
-        counters = agent.counters
-        sub_accounts = list(agent.pool_sets)
-
+        agents = self.farm.agents
         info = InfoMetricFamily("gagent_build", "gagent version")
         info.add_metric([], {"version": __version__})
         yield info
-        yield GaugeMetricFamily("gagent_start_time_seconds", "When the agent started (Unix time)",
-                                value=agent.started_at)
-        yield GaugeMetricFamily("gagent_listening", "1 while the miner port accepts connections",
-                                value=1 if agent.listening else 0)
-        yield GaugeMetricFamily("gagent_healthy", "1 while /healthz answers 200", value=1 if is_healthy(agent) else 0)
+        for name, doc, value_of in (
+                ("gagent_start_time_seconds", "When the listener started (Unix time)", lambda a: a.started_at),
+                ("gagent_listening", "1 while the listener's miner port accepts connections",
+                 lambda a: 1 if a.listening else 0),
+                ("gagent_healthy", "1 while the listener can serve miners (/healthz answers 200 when all can)",
+                 lambda a: 1 if is_healthy(a) else 0)):
+            family = GaugeMetricFamily(name, doc, labels=["listener"])
+            for agent in agents:
+                family.add_metric([agent.name], value_of(agent))
+            yield family
 
-        yield from self._miners(sub_accounts)
+        yield from self._miners()
 
         accepted = CounterMetricFamily("gagent_shares_accepted", "Shares answered true to miners",
-                                       labels=["sub_account"])
-        for sub_account in _with_configured(counters.shares_accepted, sub_accounts):
-            accepted.add_metric([sub_account], counters.shares_accepted[sub_account])
-        yield accepted
+                                       labels=["listener", "sub_account"])
         rejected = CounterMetricFamily("gagent_shares_rejected", "Shares answered with an error, by reason",
-                                       labels=["sub_account", "reason", "code"])
-        for (sub_account, code), count in sorted(counters.shares_rejected.items()):
-            rejected.add_metric([sub_account, reason_name(code), str(code)], count)
+                                       labels=["listener", "sub_account", "reason", "code"])
+        for agent in agents:
+            counters = agent.counters
+            for sub_account in _with_configured(counters.shares_accepted, list(agent.pool_sets)):
+                accepted.add_metric([agent.name, sub_account], counters.shares_accepted[sub_account])
+            for (sub_account, code), count in sorted(counters.shares_rejected.items()):
+                rejected.add_metric([agent.name, sub_account, reason_name(code), str(code)], count)
+        yield accepted
         yield rejected
-        yield CounterMetricFamily("gagent_shares_refused_upstream_lost",
-                                  "Shares answered with an error because their pool connection was lost",
-                                  value=counters.shares_refused_upstream_lost)
-        yield CounterMetricFamily("gagent_shares_true_unconfirmed_at_loss",
-                                  "Shares answered true on the pool's TCP acknowledgement that no probe answer had "
-                                  "proven read when their pool connection was lost (at most these can be lost)",
-                                  value=counters.shares_true_unconfirmed_at_loss)
+        for name, doc, field in (
+                ("gagent_shares_refused_upstream_lost",
+                 "Shares answered with an error because their pool connection was lost", "shares_refused_upstream_lost"),
+                ("gagent_shares_true_unconfirmed_at_loss",
+                 "Shares answered true on the pool's TCP acknowledgement that no probe answer had proven read "
+                 "when their pool connection was lost (at most these can be lost)", "shares_true_unconfirmed_at_loss"),
+                ("gagent_upstream_reconnects", "Pool connections re-established after a loss", "upstream_reconnects"),
+                ("gagent_upstream_failbacks", "Pool connections moved back to the first pool", "upstream_failbacks"),
+                ("gagent_miners_moved", "Miners moved from one pool connection to another", "miners_moved"),
+                ("gagent_miner_holds", "Times a miner was held while no pool connection was ready", "miners_held"),
+                ("gagent_miners_dropped_after_grace", "Held miners disconnected once the grace period ran out",
+                 "miners_dropped_after_grace")):
+            family = CounterMetricFamily(name, doc, labels=["listener"])
+            for agent in agents:
+                family.add_metric([agent.name], getattr(agent.counters, field))
+            yield family
 
         yield from self._upstreams()
-        for name, doc, value in (
-                ("gagent_upstream_reconnects", "Pool connections re-established after a loss",
-                 counters.upstream_reconnects),
-                ("gagent_upstream_failbacks", "Pool connections moved back to the first pool",
-                 counters.upstream_failbacks),
-                ("gagent_miners_moved", "Miners moved from one pool connection to another", counters.miners_moved),
-                ("gagent_miner_holds", "Times a miner was held while no pool connection was ready",
-                 counters.miners_held),
-                ("gagent_miners_dropped_after_grace", "Held miners disconnected once the grace period ran out",
-                 counters.miners_dropped_after_grace)):
-            yield CounterMetricFamily(name, doc, value=value)
-
-        cumulative, buckets = 0, []
-        for bound, count in zip(FANOUT_BUCKETS + (float("inf"),), counters.fanout_bucket_counts):
-            cumulative += count
-            buckets.append((floatToGoString(bound), cumulative))
-        yield HistogramMetricFamily("gagent_job_fanout_seconds",
-                                    "Time for one job to reach every miner of a pool connection",
-                                    buckets=buckets, sum_value=counters.fanout_sum)
+        fanout = HistogramMetricFamily("gagent_job_fanout_seconds",
+                                       "Time for one job to reach every miner of a pool connection",
+                                       labels=["listener"])
+        for agent in agents:
+            cumulative, buckets = 0, []
+            for bound, count in zip(FANOUT_BUCKETS + (float("inf"),), agent.counters.fanout_bucket_counts):
+                cumulative += count
+                buckets.append((floatToGoString(bound), cumulative))
+            fanout.add_metric([agent.name], buckets, agent.counters.fanout_sum)
+        yield fanout
         yield from self._process()
 
-    def _miners(self, sub_accounts: List[str]) -> Iterator[Metric]:
-        agent = self.agent
-        per_worker = agent.config.http_per_worker_metrics
-        totals = MinerTotals()
-        # (sub_account, worker) -> [connections, accepted, rejected, hashrate, last share, difficulty]
-        workers: Dict[Tuple[str, str], List[float]] = {}
-        for miner in yielding(list(agent.miners.values())):  # one pass, letting the hub poll in between
-            rate = totals.add(miner)
-            worker = miner.worker_name
-            if per_worker and worker:
-                row = workers.get((miner.sub_account, worker))
-                if row is None:
-                    row = workers[(miner.sub_account, worker)] = [0, 0, 0, 0.0, 0.0, 0.0]
-                row[0] += 1
-                row[1] += miner.accepted
-                row[2] += miner.rejected
-                row[3] += rate
-                row[4] = max(row[4], miner.last_share_at)
-                row[5] = miner.difficulty or row[5]
-        authorized, hashrate = totals.authorized, totals.hashrate
-        yield GaugeMetricFamily("gagent_miners_connected", "Miner connections open (authorized or not)",
-                                value=totals.connected)
-        family = GaugeMetricFamily("gagent_miners_authorized", "Authorized miners", labels=["sub_account"])
-        for sub_account in _with_configured(authorized, sub_accounts):
-            family.add_metric([sub_account], authorized.get(sub_account, 0))
-        yield family
-        family = GaugeMetricFamily("gagent_miners_held", "Miners held until a pool connection is ready",
-                                   labels=["sub_account"])
-        for sub_account, pool_set in agent.pool_sets.items():
-            family.add_metric([sub_account], pool_set.held_count)
-        yield family
-        family = GaugeMetricFamily("gagent_hashrate", "Hash rate estimated from accepted difficulty over the "
-                                   "last 10 minutes, hashes per second", labels=["sub_account"])
-        for sub_account in _with_configured(hashrate, sub_accounts):
-            family.add_metric([sub_account], hashrate.get(sub_account, 0.0))
-        yield family
+    def _miners(self) -> Iterator[Metric]:
+        per_worker = self.farm.config.http_per_worker_metrics
+        connected = GaugeMetricFamily("gagent_miners_connected", "Miner connections open (authorized or not)",
+                                      labels=["listener"])
+        authorized = GaugeMetricFamily("gagent_miners_authorized", "Authorized miners",
+                                       labels=["listener", "sub_account"])
+        held = GaugeMetricFamily("gagent_miners_held", "Miners held until a pool connection is ready",
+                                 labels=["listener", "sub_account"])
+        hashrate = GaugeMetricFamily("gagent_hashrate", "Hash rate estimated from accepted difficulty over the "
+                                     "last 10 minutes, hashes per second", labels=["listener", "sub_account"])
+        # (listener, sub_account, worker) -> [connections, accepted, rejected, hashrate, last share, difficulty]
+        workers: Dict[Tuple[str, str, str], List[float]] = {}
+        for agent in self.farm.agents:
+            totals = MinerTotals()
+            for miner in yielding(list(agent.miners.values())):  # one pass, letting the hub poll in between
+                rate = totals.add(miner)
+                worker = miner.worker_name
+                if per_worker and worker:
+                    key = (agent.name, miner.sub_account, worker)
+                    row = workers.get(key)
+                    if row is None:
+                        row = workers[key] = [0, 0, 0, 0.0, 0.0, 0.0]
+                    row[0] += 1
+                    row[1] += miner.accepted
+                    row[2] += miner.rejected
+                    row[3] += rate
+                    row[4] = max(row[4], miner.last_share_at)
+                    row[5] = miner.difficulty or row[5]
+            connected.add_metric([agent.name], totals.connected)
+            sub_accounts = list(agent.pool_sets)
+            for sub_account in _with_configured(totals.authorized, sub_accounts):
+                authorized.add_metric([agent.name, sub_account], totals.authorized.get(sub_account, 0))
+                hashrate.add_metric([agent.name, sub_account], totals.hashrate.get(sub_account, 0.0))
+            for sub_account, pool_set in agent.pool_sets.items():
+                held.add_metric([agent.name, sub_account], pool_set.held_count)
+        yield connected
+        yield authorized
+        yield held
+        yield hashrate
         if not per_worker:
             return
         rows = sorted(workers.items())
@@ -211,26 +220,27 @@ class AgentCollector:
 
     def _upstreams(self) -> Iterator[Metric]:
         states = GaugeMetricFamily("gagent_upstream_connections", "Pool connections by pool and state",
-                                   labels=["sub_account", "pool", "state"])
-        traffic = [CounterMetricFamily(name, doc, labels=["sub_account"]) for name, doc in (
+                                   labels=["listener", "sub_account", "pool", "state"])
+        traffic = [CounterMetricFamily(name, doc, labels=["listener", "sub_account"]) for name, doc in (
             ("gagent_upstream_sent_bytes", "Bytes sent to the pool"),
             ("gagent_upstream_received_bytes", "Bytes received from the pool"),
             ("gagent_upstream_sent_frames", "Messages (ex-message frames and JSON lines) sent to the pool"),
             ("gagent_upstream_received_frames", "Messages (ex-message frames and JSON lines) received from the pool"))]
-        for sub_account, pool_set in self.agent.pool_sets.items():
-            by_state: Counter = Counter()
-            totals = [0, 0, 0, 0]
-            for conn in pool_set.connections:
-                pool = "%s:%d" % (conn.pool.host, conn.pool.port) if conn.pool is not None else ""
-                by_state[(pool, conn.state)] += 1
-                for index, value in enumerate((conn.bytes_sent, conn.bytes_received,
-                                               conn.frames_sent, conn.frames_received)):
-                    totals[index] += value
-            for pool in sorted({pool for pool, _ in by_state}):
-                for state in STATES:  # every state, zeros included, so dashboards see the transitions
-                    states.add_metric([sub_account, pool, state], by_state[(pool, state)])
-            for family, value in zip(traffic, totals):
-                family.add_metric([sub_account], value)
+        for agent in self.farm.agents:
+            for sub_account, pool_set in agent.pool_sets.items():
+                by_state: Counter = Counter()
+                totals = [0, 0, 0, 0]
+                for conn in pool_set.connections:
+                    pool = conn.pool.label if conn.pool is not None else ""
+                    by_state[(pool, conn.state)] += 1
+                    for index, value in enumerate((conn.bytes_sent, conn.bytes_received,
+                                                   conn.frames_sent, conn.frames_received)):
+                        totals[index] += value
+                for pool in sorted({pool for pool, _ in by_state}):
+                    for state in STATES:  # every state, zeros included, so dashboards see the transitions
+                        states.add_metric([agent.name, sub_account, pool, state], by_state[(pool, state)])
+                for family, value in zip(traffic, totals):
+                    family.add_metric([agent.name, sub_account], value)
         yield states
         yield from traffic
 
@@ -266,11 +276,11 @@ def _with_configured(counts: Dict[str, float], sub_accounts: List[str]) -> List[
     return sorted(set(sub_accounts) | set(counts))
 
 
-def make_registry(agent: "Agent") -> CollectorRegistry:
+def make_registry(farm: "Farm") -> CollectorRegistry:
     """The registry metrics_text formats (per-worker families come as WorkerSeries, which only
     metrics_text knows how to write)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(AgentCollector(agent))
+    registry.register(FarmCollector(farm))
     return registry
 
 

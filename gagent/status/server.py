@@ -25,10 +25,10 @@ from gevent.server import StreamServer
 
 from ..config import listen_address
 from .history import History, sample_agents
-from .snapshot import health_problem, status_json_chunks
+from .snapshot import farm_health_problem, status_json_chunks
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..server import Agent
+    from ..farm import Farm
 
 log = logging.getLogger("gagent.status")
 
@@ -105,25 +105,24 @@ class Cached:
 
 
 class StatusServer:
-    """HTTP status listener for one agent: `start()`, `.address`, `stop()`.
+    """HTTP status listener for the farm (every listener): `start()`, `.address`, `stop()`.
 
-    It keeps the agent's History (its own unless one is given), sampled from `start()` to `stop()`;
-    the agent's series is named after its listen address, "HOST:PORT".
+    It keeps the farm's History (its own unless one is given), sampled from `start()` to `stop()`: one
+    series per listener, by its name, and their total.
     """
 
-    def __init__(self, agent: "Agent", address: Optional[Tuple[str, int]] = None,
+    def __init__(self, farm: "Farm", address: Optional[Tuple[str, int]] = None,
                  history: Optional[History] = None) -> None:
-        self.agent = agent
+        self.farm = farm
         self.registry: Any = None  # the Prometheus registry, made by the first scrape
         self.page = pkgutil.get_data(__name__.rpartition(".")[0], "page.html") or b""
         if address is None:
-            address = listen_address(agent.config.http_listen)
+            address = listen_address(farm.config.http_listen)
         self._server = StreamServer(address, self._serve, spawn=Pool(MAX_REQUESTS))
-        self._status_json = Cached(lambda: status_json_chunks(self.agent), STATUS_CACHE_SECONDS)
+        self._status_json = Cached(lambda: status_json_chunks(self.farm), STATUS_CACHE_SECONDS)
         self._metrics = Cached(self._metrics_text, METRICS_CACHE_SECONDS)
         if history is None:
-            name = "%s:%d" % (agent.config.agent_listen_ip, agent.config.agent_listen_port)
-            history = History(lambda: sample_agents([(name, self.agent)]))
+            history = History(lambda: sample_agents([(agent.name, agent) for agent in self.farm.agents]))
         self.history = history
         self._history_json = Cached(history.to_json, HISTORY_CACHE_SECONDS)
 
@@ -148,7 +147,7 @@ class StatusServer:
     def _metrics_text(self) -> bytes:
         from . import metrics  # prometheus-client: paid by the first scrape, not by every agent
         if self.registry is None:
-            self.registry = metrics.make_registry(self.agent)
+            self.registry = metrics.make_registry(self.farm)
         return metrics.metrics_text(self.registry)
 
     def answer(self, method: str, path: str) -> Answer:
@@ -166,7 +165,7 @@ class StatusServer:
             from .metrics import CONTENT_TYPE_LATEST  # loaded by the build
             return "200 OK", CONTENT_TYPE_LATEST, body, []
         if path == "/healthz":
-            problem = health_problem(self.agent)
+            problem = farm_health_problem(self.farm)
             if problem is None:
                 return "200 OK", TEXT, b"ok\n", []
             return "503 Service Unavailable", TEXT, problem.encode() + b"\n", []

@@ -16,6 +16,7 @@ from .. import __version__, cooperative
 from ..protocol.stratum import status_message
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..farm import Farm
     from ..server import Agent
 
 YIELD_EVERY = 500        # miners handled between yields to the hub
@@ -104,18 +105,34 @@ def ready_connections(agent: "Agent") -> Tuple[int, int]:
 
 
 def health_problem(agent: "Agent") -> Optional[str]:
-    """Why miners cannot be served now, or None when they can: the one health rule behind /healthz,
-    the "healthy" field of /status.json and the gagent_healthy metric."""
+    """Why a listener cannot serve miners now, or None when it can: the one health rule behind
+    /healthz, the "healthy" fields of /status.json and the gagent_healthy metric. A multi-user
+    listener with no sub-account open yet (no miner, or idle ones closed) can serve when its pools
+    are reachable."""
     if not agent.listening:
         return "miner port not listening"
+    if agent.config.multi_user_mode and not agent.pool_sets:
+        if agent.pools_reachable is None:
+            return "checking that the pools are reachable"
+        return None if agent.pools_reachable else "no pool reachable"
     if ready_connections(agent)[0] == 0:
         return "no pool connection ready"
     return None
 
 
 def is_healthy(agent: "Agent") -> bool:
-    """Miners can be served: the miner port is listening and some pool connection is ready."""
+    """The listener can serve miners (see health_problem)."""
     return health_problem(agent) is None
+
+
+def farm_health_problem(farm: "Farm") -> Optional[str]:
+    """Why the farm is not healthy (every listener listening and able to serve), or None."""
+    several = len(farm.agents) > 1
+    for agent in farm.agents:
+        problem = health_problem(agent)
+        if problem is not None:
+            return "listener %s: %s" % (agent.name, problem) if several else problem
+    return None
 
 
 def held_miners(agent: "Agent") -> int:
@@ -123,7 +140,7 @@ def held_miners(agent: "Agent") -> int:
 
 
 def pools(agent: "Agent") -> List[Dict[str, Any]]:
-    """One entry per pool set (sub-account) with its connections."""
+    """One entry per pool set (sub-account) of the listener, with its connections."""
     result = []
     for sub_account, pool_set in agent.pool_sets.items():
         connections = []
@@ -137,23 +154,25 @@ def pools(agent: "Agent") -> List[Dict[str, Any]]:
                 "bytes_sent": conn.bytes_sent, "bytes_received": conn.bytes_received,
                 "frames_sent": conn.frames_sent, "frames_received": conn.frames_received,
             })
-        result.append({"sub_account": sub_account, "held": pool_set.held_count, "connections": connections})
+        result.append({"listener": agent.name, "sub_account": sub_account, "held": pool_set.held_count,
+                       "connections": connections})
     return result
 
 
-def rejects(agent: "Agent") -> List[Dict[str, Any]]:
-    """Rejected shares by sub-account and reason, most frequent first."""
-    rows = [{"sub_account": sub_account, "code": code, "reason": status_message(code), "count": count}
-            for (sub_account, code), count in agent.counters.shares_rejected.items()]
-    rows.sort(key=lambda row: (-row["count"], row["sub_account"], row["code"]))
+def rejects(agents: List["Agent"]) -> List[Dict[str, Any]]:
+    """Rejected shares by listener, sub-account and reason, most frequent first."""
+    rows = [{"listener": agent.name, "sub_account": sub_account, "code": code, "reason": status_message(code),
+             "count": count}
+            for agent in agents for (sub_account, code), count in agent.counters.shares_rejected.items()]
+    rows.sort(key=lambda row: (-row["count"], row["listener"], row["sub_account"], row["code"]))
     return rows
 
 
-def miner_row(miner: Any, now: float) -> Dict[str, Any]:
+def miner_row(miner: Any, now: float, listener: str) -> Dict[str, Any]:
     """What the status page shows of one miner (the reference for the rows status_json writes)."""
     last_share = miner.last_share_at
     return {
-        "id": miner.session_id, "worker": miner.worker_name, "sub_account": miner.sub_account,
+        "id": miner.session_id, "listener": listener, "worker": miner.worker_name, "sub_account": miner.sub_account,
         "address": miner.peer_ip, "firmware": miner.user_agent, "connected_since": miner.connected_at,
         "difficulty": miner.difficulty, "accepted": miner.accepted, "rejected": miner.rejected,
         "last_share": last_share or None, "hashrate": miner.hashrate(), "held": bool(miner.held),
@@ -162,7 +181,7 @@ def miner_row(miner: Any, now: float) -> Dict[str, Any]:
 
 
 # miner_row(), encoded: what _encode(miner_row(miner, now)) gives, written straight from the miner
-ROW = ('{"id":%d,"worker":%s,"sub_account":%s,"address":%s,"firmware":%s,"connected_since":%s,'
+ROW = ('{"id":%d,"listener":%s,"worker":%s,"sub_account":%s,"address":%s,"firmware":%s,"connected_since":%s,'
        '"difficulty":%s,"accepted":%d,"rejected":%d,"last_share":%s,"hashrate":%s,"held":%s,"stale":%s}')
 
 
@@ -177,9 +196,9 @@ class _Texts(dict):
         return text
 
 
-def miner_rows(miners: List[Any], now: float, totals: MinerTotals) -> Tuple[List[str], int]:
-    """miner_row() of each miner as JSON text, and how many authorized ones are stale; each miner is
-    added to `totals`.
+def miner_rows(miners: List[Any], now: float, totals: MinerTotals, listener: str) -> Tuple[List[str], int]:
+    """miner_row() of each miner (of `listener`) as JSON text, and how many authorized ones are stale;
+    each miner is added to `totals`.
 
     Same text as encoding the dicts, in half the time and with no dict per miner: the
     shared values come from _Texts, the rest is one % format. A miner with a value of a type the
@@ -190,6 +209,7 @@ def miner_rows(miners: List[Any], now: float, totals: MinerTotals) -> Tuple[List
     float_repr = float.__repr__
     stale = 0
     count = totals.add
+    listener_text = _encode(listener)
     rows: List[str] = []
     add = rows.append
     for miner in miners:
@@ -203,7 +223,7 @@ def miner_rows(miners: List[Any], now: float, totals: MinerTotals) -> Tuple[List
             stale += is_stale
         try:
             add(ROW % (
-                miner.session_id, esc(worker), strings[miner.sub_account], esc(miner.peer_ip),
+                miner.session_id, listener_text, esc(worker), strings[miner.sub_account], esc(miner.peer_ip),
                 strings[miner.user_agent],
                 floats[connected] if connected.__class__ is float else others[connected],
                 floats[difficulty] if difficulty.__class__ is float else others[difficulty],
@@ -213,45 +233,57 @@ def miner_rows(miners: List[Any], now: float, totals: MinerTotals) -> Tuple[List
                 float_repr(rate) if rate.__class__ is float and rate - rate == 0.0 else _encode(rate),
                 "true" if miner.held else "false", "true" if is_stale else "false"))
         except TypeError:
-            add(_encode(miner_row(miner, now)))
+            add(_encode(miner_row(miner, now, listener)))
     return rows, stale
 
 
-def status_json_chunks(agent: "Agent") -> List[bytes]:
+def status_json_chunks(farm: "Farm") -> List[bytes]:
     """The /status.json document in pieces (joined, they are the document). Miners are written
     YIELD_EVERY at a time, yielding to the hub in between; the pieces are not joined, so the
     document is never held twice."""
     now = time.time()
-    miners = list(agent.miners.values())
     chunks: List[bytes] = []
-    totals = MinerTotals()
-    stale = 0
-    for start in range(0, len(miners), YIELD_EVERY):
-        rows, stale_here = miner_rows(miners[start:start + YIELD_EVERY], now, totals)
-        stale += stale_here
-        if start:
-            rows.insert(0, "")  # the comma after the previous chunk's last row
-        chunks.append(",".join(rows).encode())
-        yield_to_hub()
-    ready, total = ready_connections(agent)
-    counters = agent.counters
+    listeners = []
+    for agent in farm.agents:
+        miners = list(agent.miners.values())
+        totals = MinerTotals()
+        stale = 0
+        for start in range(0, len(miners), YIELD_EVERY):
+            rows, stale_here = miner_rows(miners[start:start + YIELD_EVERY], now, totals, agent.name)
+            stale += stale_here
+            if chunks:
+                rows.insert(0, "")  # the comma after the previous chunk's last row
+            chunks.append(",".join(rows).encode())
+            yield_to_hub()
+        ready, total = ready_connections(agent)
+        counters = agent.counters
+        problem = health_problem(agent)
+        listeners.append({
+            "name": agent.name, "address": "%s:%d" % (agent.config.agent_listen_ip, agent.config.agent_listen_port),
+            "listening": bool(agent.listening), "healthy": problem is None, "problem": problem,
+            "multi_user_mode": agent.config.multi_user_mode,
+            "pools": [pool.label for pool in agent.config.pools],
+            "totals": {
+                "miners": len(miners), "authorized": totals.total_authorized, "held": held_miners(agent),
+                "stale": stale, "hashrate": totals.total_hashrate, "connections_ready": ready, "connections": total,
+                "accepted": sum(counters.shares_accepted.values()),
+                "rejected": sum(counters.shares_rejected.values()),
+                "refused_upstream_lost": counters.shares_refused_upstream_lost,
+            },
+            "counters": counters.snapshot(),
+        })
+    problem = farm_health_problem(farm)
     head = {
-        "version": __version__, "now": now, "started_at": agent.started_at, "listening": bool(agent.listening),
-        "healthy": is_healthy(agent),
-        "totals": {
-            "miners": len(miners), "authorized": totals.total_authorized, "held": held_miners(agent),
-            "stale": stale, "hashrate": totals.total_hashrate, "connections_ready": ready, "connections": total,
-            "accepted": sum(counters.shares_accepted.values()),
-            "rejected": sum(counters.shares_rejected.values()),
-            "refused_upstream_lost": counters.shares_refused_upstream_lost,
-        },
-        "counters": counters.snapshot(),
-        "pools": pools(agent),
-        "rejects": rejects(agent),
+        "version": __version__, "now": now, "started_at": farm.started_at,
+        "listening": all(agent.listening for agent in farm.agents), "healthy": problem is None, "problem": problem,
+        "totals": {key: sum(listener["totals"][key] for listener in listeners) for key in listeners[0]["totals"]},
+        "listeners": listeners,
+        "pools": [entry for agent in farm.agents for entry in pools(agent)],
+        "rejects": rejects(farm.agents),
     }
     return [(_encode(head)[:-1] + ',"miners":[').encode()] + chunks + [b"]}"]
 
 
-def status_json(agent: "Agent") -> bytes:
+def status_json(farm: "Farm") -> bytes:
     """The /status.json document."""
-    return b"".join(status_json_chunks(agent))
+    return b"".join(status_json_chunks(farm))
