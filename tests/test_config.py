@@ -185,3 +185,9 @@ def test_a_bad_listener_entry_is_named(listeners, message):
 def test_listeners_need_pools_somewhere():
     with pytest.raises(ConfigError, match=r"^listeners\[0\]: pools: missing"):
         config_from_dict({"listeners": [{"agent_listen_port": 3333}]})
+
+
+def test_the_listeners_example_loads():
+    config = load_config(["-c", "etc/agent_conf.listeners.json"], environ={})
+    assert [c.name for c in config.listeners] == ["main", "customer-b", "any-pool"]
+    assert [c.pools[0].sub_account for c in config.listeners] == ["farm-main", "customer-b", "myaccount"]
