@@ -48,14 +48,12 @@ def parse_miner_job_id(job_id: Any) -> "tuple[int, int] | None":
     return value >> 8, value & 0xFF
 
 
-def agent_notify(params: Any, pool_extranonce1: str, tag: int = 0) -> AgentJob:
-    """Append the pool's extranonce1 to coinb1, tag the job id, serialize once for all miners."""
+def check_notify(params: Any) -> List[Any]:
+    """The nine params of a mining.notify, checked for shape (the job id is the caller's to judge);
+    raises JobError."""
     if not isinstance(params, list) or len(params) < 9:
         raise JobError("expected 9 params, got %r" % (params,))
-    job_id, prevhash, coinb1, coinb2, branches, version, nbits, ntime = params[:8]
-    short_id = parse_short_job_id(job_id) if isinstance(job_id, str) else None
-    if short_id is None:
-        raise JobError("job id %r is not a short id 0-255; is this a BTCAgent pool port?" % (job_id,))
+    _, prevhash, coinb1, coinb2, branches, version, nbits, ntime = params[:8]
     if not (is_hex(coinb1) and is_hex(coinb2) and is_hex(prevhash, 64)):
         raise JobError("coinbase parts or prevhash are not hex")
     if not (isinstance(branches, list) and all(is_hex(b, 64) for b in branches)):
@@ -63,6 +61,15 @@ def agent_notify(params: Any, pool_extranonce1: str, tag: int = 0) -> AgentJob:
     for name, value in (("version", version), ("nbits", nbits), ("ntime", ntime)):
         if not is_hex(value, 8):
             raise JobError("%s %r is not 8 hex digits" % (name, value))
+    return params[:9]
+
+
+def agent_notify(params: Any, pool_extranonce1: str, tag: int = 0) -> AgentJob:
+    """Append the pool's extranonce1 to coinb1, tag the job id, serialize once for all miners."""
+    job_id, prevhash, coinb1, coinb2, branches, version, nbits, ntime, _ = check_notify(params)
+    short_id = parse_short_job_id(job_id) if isinstance(job_id, str) else None
+    if short_id is None:
+        raise JobError("job id %r is not a short id 0-255; is this a BTCAgent pool port?" % (job_id,))
     forwarded = [miner_job_id(tag, short_id), prevhash, coinb1 + pool_extranonce1, coinb2, branches, version,
                  nbits, ntime]
     line = notification_line("mining.notify", forwarded + [bool(params[8])])

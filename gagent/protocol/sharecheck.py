@@ -6,7 +6,7 @@ concatenation, 2 + N double SHA-256 (N merkle branches) and an integer compare. 
 ``sha256(sha256(x).digest()).digest()``: a reused ``.copy()`` of a coinb1‖extranonce1 midstate was
 measured at most 0.1 µs faster per share even with a prefix of 64+ bytes (under 1% with 12 branches),
 not worth a second code path. The header is built
-as PROTOCOL.md §5 says (BIP310 version rolling); a hash is read as a little-endian 256-bit integer
+as docs/protocol.md §4.5 says (BIP310 version rolling, §8.5); a hash is read as a little-endian 256-bit integer
 and meets difficulty d when it is at most ``DIFF1_TARGET / d`` (hashing.target_for_difficulty).
 
 Stale (21) and duplicate (22) shares are the caller's to decide from its job table; each Job carries
@@ -17,8 +17,8 @@ import struct
 from typing import Any, NamedTuple, Optional, Set, Tuple
 
 from .hashing import DIFF1_TARGET, target_for_difficulty
-from .jobs import JobError
-from .stratum import LOW_DIFFICULTY, is_hex
+from .jobs import JobError, check_notify
+from .stratum import LOW_DIFFICULTY
 
 # Verdicts of check().
 LOW = 0          # above the miner's target: refuse with LOW_DIFFICULTY
@@ -99,18 +99,9 @@ class Job:
 def prepare_job(params: Any, extranonce1: bytes, pool_difficulty: float) -> Job:
     """A Job from a pool's mining.notify params, the connection's extranonce1 and the pool difficulty
     in force when the job was sent; raises JobError for malformed params."""
-    if not isinstance(params, list) or len(params) < 9:
-        raise JobError("expected 9 params, got %r" % (params,))
-    job_id, prevhash, coinb1, coinb2, branches, version, nbits, ntime, clean = params[:9]
+    job_id, prevhash, coinb1, coinb2, branches, version, nbits, ntime, clean = check_notify(params)
     if not isinstance(job_id, str):
         raise JobError("job id %r is not a string" % (job_id,))
-    if not (is_hex(coinb1) and is_hex(coinb2) and is_hex(prevhash, 64)):
-        raise JobError("coinbase parts or prevhash are not hex")
-    if not (isinstance(branches, list) and all(is_hex(b, 64) for b in branches)):
-        raise JobError("merkle branches must be a list of 32-byte hex hashes")
-    for name, value in (("version", version), ("nbits", nbits), ("ntime", ntime)):
-        if not is_hex(value, 8):
-            raise JobError("%s %r is not 8 hex digits" % (name, value))
     if not pool_difficulty > 0:
         raise JobError("pool difficulty %r is not positive" % (pool_difficulty,))
     raw_prev = bytes.fromhex(prevhash)
