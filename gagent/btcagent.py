@@ -20,10 +20,10 @@ from .protocol.exmessage import (CMD_MINING_SET_DIFF, CMD_SUBMIT_RESPONSE, Frame
                                  StreamSplitter, decode_mining_set_diff, decode_submit_response,
                                  encode_register_worker, encode_submit_share, encode_unregister_worker)
 from .protocol.jobs import AgentJob, JobError, agent_notify, parse_miner_job_id
-from .protocol.hashing import target_for_difficulty
 from .protocol.sharecheck import ERROR_CODES, Job, check, prepare_job
 from .protocol.stratum import JOB_NOT_FOUND_OR_STALE
-from .slot import AuthorizationRefused, PoolRefused, Reconnect, new_connection_tag
+from .session import PoolSession
+from .slot import AuthorizationRefused, PoolRefused, Reconnect
 from .uplink import Uplink
 from .upstream_api import QUEUED, Miner
 
@@ -46,17 +46,11 @@ SUBRES = "subres"  # the capability by which a pool offers submit responses (an 
 SUBMIT_RESPONSE_SILENCE_SECONDS = 10.0  # offered, yet no share answered for this long: answer on write
 
 
-class BTCAgentSession:
+class BTCAgentSession(PoolSession):
     """One connected pool socket speaking the BTCAgent protocol (a `upstream_api.ProtocolSession`)."""
 
     def __init__(self, slot: "UpstreamSlot", pool: "PoolEntry", sock: Any) -> None:
-        self.slot = slot
-        self.config = slot.config
-        self.counters = slot.counters
-        self.pool = pool
-        self.sock = sock
-        self.miners: Dict[int, Miner] = {}
-        self.ready = False
+        super().__init__(slot, pool, sock)
         self.extranonce1 = ""
         self.extranonce1_bytes = b""
         self.difficulty: Optional[float] = None
@@ -64,46 +58,17 @@ class BTCAgentSession:
         self.pool_capabilities: Tuple[str, ...] = ()
         self.submit_responses = False  # the pool answers each share (submit_response_from_server)
         self.last_job: Optional[AgentJob] = None
-        self.bytes_received = self.frames_received = 0
-        self.broken = ""  # why the sending half failed, if it did
-        self.uplink: Optional[Uplink] = None   # the sending half, while ready
-        self._sent = (0, 0)  # bytes and frames the uplink sent, once it is closed
-        self._tag = new_connection_tag()
         self._job_ntimes: List[Optional[int]] = [None] * 256
         # advanced.check_shares_locally: each job prepared for hashing shares here, by short id
         self._check_jobs: Optional[List[Optional[Job]]] = [None] * 256 if self.config.check_shares_locally else None
-        self._targets: Dict[float, int] = {}  # difficulty -> target
         self._submit_index = 0
         self._awaiting_response: Dict[int, Tuple[Miner, Any]] = {}  # share index -> (miner, id)
         self._authorized = False
         self._settling_submit_responses = False
         self._submit_response_heard = False
-        self._closed = False
         self._unknown_methods: set = set()
-        self._reported = slot.reported  # once per slot, not per connection: no log line per reconnect
-
-    @property
-    def name(self) -> str:
-        """How log lines name this connection: its slot's name."""
-        return self.slot.name
-
-    def __repr__(self) -> str:
-        return "<BTCAgentSession %s %s:%d%s>" % (self.name, self.pool.host, self.pool.port,
-                                                 " ready" if self.ready else "")
 
     # ---- interface used by miners (upstream_api.Upstream) -------------------------------------
-
-    @property
-    def miner_count(self) -> int:
-        return len(self.miners)
-
-    @property
-    def bytes_sent(self) -> int:
-        return self.uplink.bytes_sent if self.uplink else self._sent[0]
-
-    @property
-    def frames_sent(self) -> int:
-        return self.uplink.frames_sent if self.uplink else self._sent[1]
 
     def can_take(self, miner: Miner) -> bool:
         """Every miner fits: its session id is its extranonce1."""
@@ -175,11 +140,7 @@ class BTCAgentSession:
         difficulty = miner.difficulty
         if job is None or not difficulty:
             return 0
-        target = self._targets.get(difficulty)
-        if target is None:
-            if len(self._targets) > 64:
-                self._targets.clear()
-            target = self._targets[difficulty] = target_for_difficulty(difficulty)
+        target = self._target(difficulty)
         extranonce2 = (miner.session_id << 32 | extra_nonce2).to_bytes(8, "big")  # its extranonce1, then its own
         mask = self.version_mask if self.version_mask is not None else DEFAULT_VERSION_MASK
         return ERROR_CODES.get(check(job, extranonce2, ntime, nonce, version_bits, mask, target).verdict, 0)
@@ -302,11 +263,6 @@ class BTCAgentSession:
                  self.pool.port, self.pool.sub_account, self.extranonce1)
         self.slot.session_ready()
 
-    def _uplink_broken(self, why: str) -> None:
-        """The sending half failed: wake the reader so it ends the connection."""
-        self.broken = why
-        self.sock.close()
-
     # ---- reading -------------------------------------------------------------------------------
 
     def _on_line(self, line: bytes) -> None:
@@ -326,12 +282,6 @@ class BTCAgentSession:
             self._on_notification(method, msg.get("params"))
         else:
             self._on_reply(msg.get("id"), msg.get("result"), msg.get("error"))
-
-    def _report(self, key: str, text: str) -> None:
-        """Log a peer's bad message once per kind per slot, not once per message."""
-        if key not in self._reported:
-            self._reported.add(key)
-            log.warning("%s: %s (further ones are ignored silently)", self.name, text)
 
     def _on_notification(self, method: str, params: Any) -> None:
         if method == "mining.notify":

@@ -20,12 +20,12 @@ from .cooperative import yielding
 from .protocol import stratum
 from .protocol.exmessage import ProtocolError
 from .protocol.extranonce import Layout, LayoutError, plan_layout
-from .protocol.hashing import target_for_difficulty
 from .protocol.jobs import JobError, miner_job_id, parse_miner_job_id
 from .protocol.sharecheck import ERROR_CODES, POOL, Job, check, prepare_job
 from .protocol.stratum import DUPLICATE_SHARE, JOB_NOT_FOUND_OR_STALE, SHARE_REJECTED
 from .protocol.vardiff import MinerDifficulty, Vardiff
-from .slot import AuthorizationRefused, PoolRefused, Reconnect, new_connection_tag
+from .session import PoolSession
+from .slot import AuthorizationRefused, PoolRefused, Reconnect
 from .uplink import Uplink
 from .upstream_api import QUEUED, Miner
 
@@ -70,67 +70,33 @@ class PoolJob:
         self.check.seen = None
 
 
-class StratumSession:
+class StratumSession(PoolSession):
     """One connected pool socket speaking stratum v1 (a `upstream_api.ProtocolSession`)."""
 
     def __init__(self, slot: "UpstreamSlot", pool: "PoolEntry", sock: Any) -> None:
-        config = slot.config
-        self.slot = slot
-        self.config = config
-        self.counters = slot.counters
-        self.pool = pool
-        self.sock = sock
-        self.miners: Dict[int, Miner] = {}
-        self.ready = False
+        super().__init__(slot, pool, sock)
+        config = self.config
         self.extranonce1 = ""            # the pool's, as it gave it (hex)
         self.layout: Optional[Layout] = None
         self.difficulty: Optional[float] = None  # the pool's difficulty for jobs sent from now on
         self.version_mask: Optional[int] = None
         self.last_job: Optional[PoolJob] = None
-        self.bytes_received = self.frames_received = 0
-        self.broken = ""
-        self.uplink: Optional[Uplink] = None
         self.vardiff = Vardiff(config.miner_share_interval_seconds,
                                min_difficulty=min(VARDIFF_MIN_DIFFICULTY, config.miner_start_difficulty),
                                start_difficulty=config.miner_start_difficulty)
-        self._sent = (0, 0)
-        self._tag = new_connection_tag()
         self._jobs: List[Optional[PoolJob]] = [None] * JOBS_KEPT
         self._next_short = 0
         self._difficulty: Dict[int, MinerDifficulty] = {}  # session id -> the miner's vardiff state
         self._raised_from: Dict[int, float] = {}  # session id -> difficulty before a raise its next job brings
-        self._targets: Dict[float, int] = {}     # difficulty -> target, for the few difficulties in use
         self._submitted: Dict[int, Tuple[Miner, Any]] = {}  # our request id -> (miner, its request id)
         self._next_request = 0
         self._authorized = False
-        self._closed = False
-        self._reported = slot.reported  # once per slot, not per connection: no log line per reconnect
         # pool entry option worker_names: each worker authorized upstream under its own name
         self._worker_names_wanted = pool.worker_names
         self._upstream_names: Dict[int, str] = {}        # session id -> the name the pool accepted
         self._worker_requests: Dict[str, Tuple[int, str]] = {}  # request id -> (session id, name)
 
-    @property
-    def name(self) -> str:
-        return self.slot.name
-
-    def __repr__(self) -> str:
-        return "<StratumSession %s %s:%d%s>" % (self.name, self.pool.host, self.pool.port,
-                                                " ready" if self.ready else "")
-
     # ---- what miners call (upstream_api.Upstream) ------------------------------------------------
-
-    @property
-    def miner_count(self) -> int:
-        return len(self.miners)
-
-    @property
-    def bytes_sent(self) -> int:
-        return self.uplink.bytes_sent if self.uplink else self._sent[0]
-
-    @property
-    def frames_sent(self) -> int:
-        return self.uplink.frames_sent if self.uplink else self._sent[1]
 
     def prefix_of(self, session_id: int) -> int:
         """A miner's extranonce prefix here: its session id (unique in the agent) in the prefix's width."""
@@ -225,11 +191,7 @@ class StratumSession:
         extranonce2 = self.layout.pool_extranonce2(prefix, extra_nonce2.to_bytes(self.layout.miner_en2_size, "big"))
         state = self._difficulty[session_id]
         floor = self._raised_from.get(session_id, state.difficulty)
-        target = self._targets.get(floor)
-        if target is None:
-            if len(self._targets) > 64:  # a few powers of two and pool difficulties in practice
-                self._targets.clear()
-            target = self._targets[floor] = target_for_difficulty(floor)
+        target = self._target(floor)
         result = check(job.check, extranonce2, ntime, nonce, version_bits, self.version_mask or 0, target)
         error = ERROR_CODES.get(result.verdict)
         if error:
@@ -359,10 +321,6 @@ class StratumSession:
                  self.layout.pool_en2_size, self.layout.prefix_size, self.layout.miner_en2_size)
         self.slot.session_ready()
 
-    def _uplink_broken(self, why: str) -> None:
-        self.broken = why
-        self.sock.close()
-
     # ---- reading ---------------------------------------------------------------------------------
 
     def _on_line(self, line: bytes) -> None:
@@ -382,12 +340,6 @@ class StratumSession:
             self._on_request(method, msg.get("params"), msg.get("id"))
         else:
             self._on_reply(msg.get("id"), msg.get("result"), msg.get("error"))
-
-    def _report(self, key: str, text: str) -> None:
-        """Log a peer's bad message once per kind per connection."""
-        if key not in self._reported:
-            self._reported.add(key)
-            log.warning("%s: %s (further ones are ignored silently)", self.name, text)
 
     def _on_request(self, method: str, params: Any, msg_id: Any) -> None:
         if method == "mining.notify":
