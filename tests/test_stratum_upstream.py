@@ -130,10 +130,11 @@ def test_each_miner_gets_its_own_difficulty_from_gagents_vardiff(stratum_pool_fa
                                                                        retarget_seconds=600.0))
     pool = stratum_pool_factory(default_difficulty=TINY_DIFFICULTY * 64)
     agent = running([stratum_entry(pool)], advanced={"miner_start_difficulty": TINY_DIFFICULTY / 64})
-    miners = mine(agent, ["fast1", "fast2"], shares=12)
+    sessions = {}  # the agent's sessions, taken while the miners still mine (they leave once stopped)
+    miners = mine(agent, ["fast1", "fast2"], shares=12,
+                  until=lambda: sessions.update((m.worker_name, m) for m in agent.miners.values()) or True)
     for miner in miners:
         assert TINY_DIFFICULTY / 64 < miner.difficulty <= TINY_DIFFICULTY * 64
-    sessions = {m.worker_name: m for m in agent.miners.values()}
     assert set(sessions) == {"fast1", "fast2"}
     for name, session in sessions.items():
         assert session.difficulty > TINY_DIFFICULTY / 64 and session.hashrate() > 0
