@@ -61,8 +61,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--windows", default="0,5,20,50,100",
                         help="comma-separated advanced.upstream_flush_delay_ms values (default 0,5,20,50,100)")
     args = parser.parse_args(argv)
-    if args.compare or args.compare_kinds:
-        parser.error("--compare and --compare-kinds are not supported here: run bench/run.py per window")
+    if args.compare or args.compare_kinds or args.compare_listeners:
+        parser.error("--compare, --compare-kinds and --compare-listeners are not supported here: run "
+                     "bench/run.py per window")
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     os.makedirs(run.OUT_DIR, exist_ok=True)

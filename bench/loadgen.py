@@ -8,7 +8,8 @@ seconds; the submits of all miners are spread evenly over time (N / interval sha
 Two ways to run it:
 
 * standalone: ``python bench/loadgen.py --port 3333 --miners 1000 --seconds 30 --out samples.json``
-  connects, runs the load phase and writes the summary and samples;
+  connects, runs the load phase and writes the summary and samples (``--port 3333,3334,...``: miner i
+  connects to the (i mod n)-th port, so the miners spread evenly over an agent's listeners);
 * ``--control``: the driver (bench/run.py) sends JSON commands on stdin and reads status lines (one JSON
   object per line) on stdout. Commands: ``{"cmd": "load", "seconds": 60}`` (submit for that long),
   ``{"cmd": "stop_load"}``, ``{"cmd": "mark", "stale": [[pool_extranonce1, job_id], ...]}`` (see
@@ -145,14 +146,14 @@ class NotifyInfo:
 class LoadGen:
     """N miners over one epoll; call `run_until()` to drive it."""
 
-    def __init__(self, host: str, port: int, miners: int, share_interval: float = 10.0,
+    def __init__(self, host: str, ports: List[int], miners: int, share_interval: float = 10.0,
                  user: str = "bench", seed: int = 1, retry_delay: float = 1.0,
                  connect_batch: int = CONNECT_BATCH, pool_kind: str = "btcagent",
                  pool_extranonce1_size: int = 4) -> None:
         self.host = host
         self.pool_kind = pool_kind
         self.pool_en1_hex = 2 * pool_extranonce1_size
-        self.port = port
+        self.ports = ports
         self.share_interval = share_interval
         self.retry_delay = retry_delay
         self.connect_batch = connect_batch
@@ -218,7 +219,7 @@ class LoadGen:
             m = self.to_connect.pop()
             s.setblocking(False)
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            rc = s.connect_ex((self.host, self.port))
+            rc = s.connect_ex((self.host, self.ports[m.index % len(self.ports)]))
             if rc not in (0, errno.EINPROGRESS):
                 s.close()
                 self.counts["connect_errors"] += 1
@@ -643,10 +644,22 @@ def _every(period: float, check: Any) -> Any:
     return wrapped
 
 
+def parse_ports(text: str) -> List[int]:
+    """"3333" or "3333,3334": the ports, in order."""
+    try:
+        ports = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a port or comma-separated ports: %r" % text) from None
+    if not all(0 < port < 65536 for port in ports):
+        raise argparse.ArgumentTypeError("ports are 1..65535: %r" % text)
+    return ports
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--port", type=parse_ports, required=True,
+                   help="the agent's port, or several separated by commas (miners spread over them)")
     p.add_argument("--miners", type=int, default=1000)
     p.add_argument("--share-interval", type=float, default=10.0)
     p.add_argument("--seconds", type=float, default=30.0, help="load phase (standalone mode)")

@@ -5,6 +5,8 @@
     python bench/run.py --miners 10000 --seconds 60 --compare /work/peers/btcagent --repeat 3
     python bench/run.py --miners 10000 --seconds 60 --pool-kind stratum [--pool-extranonce2-size 8]
     python bench/run.py --miners 10000 --seconds 60 --compare-kinds --repeat 2
+    python bench/run.py --miners 10000 --seconds 60 --listeners 4
+    python bench/run.py --miners 10000 --seconds 60 --compare-listeners 4 --repeat 2
 
 Phases: idle (agent connected to the pool, no miners: idle RSS), connect (until every miner is authorized
 and has a job), load (`--seconds` of shares and jobs: CPU, latencies, upstream traffic), optional storm
@@ -23,6 +25,11 @@ until one does) and the pool a difficulty that a share meeting the miner's meets
 Afterwards the driver hashes every submit as the miner saw its job to tell which shares had to reach
 the pool (see `StratumPoolRecorder`). `--compare-kinds` runs gagent against both pool kinds,
 alternating, `--repeat` times each, and gives stratum / btcagent ratios.
+
+`--listeners N` gives the agent N listen ports in one process (a `listeners` list, entry i named ``li``
+with its own sub-account ``benchi`` on the same pool) and the load generator spreads the miners evenly
+over them. `--compare-listeners N` runs gagent with one listener and with N, alternating, `--repeat`
+times each, and gives N / 1 ratios.
 
 Prints one JSON document on stdout (a single run: the result object as before) and a short table on
 stderr; appends every run's result object to bench/out/results.jsonl (raw samples of each run:
@@ -46,7 +53,7 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections import Counter  # noqa: E402
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple  # noqa: E402
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple  # noqa: E402
 
 import gevent  # noqa: E402
 import psutil  # noqa: E402
@@ -320,15 +327,16 @@ def conn_extranonce1(conn: Any) -> str:
 # ---- the load generator -------------------------------------------------------------------------
 
 class LoadGenProcess:
-    """bench/loadgen.py in control mode: commands on stdin, status lines on stdout."""
+    """bench/loadgen.py in control mode: commands on stdin, status lines on stdout. The miners spread
+    evenly over `ports`."""
 
-    def __init__(self, port: int, miners: int, share_interval: float, max_seconds: float,
+    def __init__(self, ports: List[int], miners: int, share_interval: float, max_seconds: float,
                  log_path: str, connect_batch: int, pool_kind: str = "btcagent",
                  pool_extranonce1_size: int = 4) -> None:
         self.log = open(log_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, os.path.join(HERE, "loadgen.py"), "--control", "--host", HOST,
-             "--port", str(port), "--miners", str(miners), "--share-interval", str(share_interval),
+             "--port", ",".join(map(str, ports)), "--miners", str(miners), "--share-interval", str(share_interval),
              "--max-seconds", str(max_seconds), "--connect-batch", str(connect_batch),
              "--pool-kind", pool_kind, "--pool-extranonce1-size", str(pool_extranonce1_size)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log)
@@ -395,13 +403,23 @@ def stop_process(proc: subprocess.Popen, grace: float = 5.0) -> None:
 # ---- the agent ----------------------------------------------------------------------------------
 
 def start_agent(pool_port: int, workdir: str, log_path: str, command: Optional[str] = None,
-                extra_config: Optional[Dict[str, Any]] = None,
-                log_dir: Optional[str] = None) -> Tuple[subprocess.Popen, int, Any]:
+                extra_config: Optional[Dict[str, Any]] = None, log_dir: Optional[str] = None,
+                listeners: int = 1, listener_config: Optional[Dict[str, Any]] = None
+                ) -> Tuple[subprocess.Popen, List[int], Any]:
     """Write a config and start `python -m gagent -c CONF` (or `command -c CONF`, plus `-l LOG_DIR`
-    when `log_dir` is given: it is created first); returns (process, miner port, stdout log file)."""
-    port = free_port()
-    conf = deep_merge({"agent_listen_ip": HOST, "agent_listen_port": port,
+    when `log_dir` is given: it is created first); returns (process, miner ports, stdout log file).
+
+    With `listeners` > 1 the config gets that many `listeners` entries on free ports, entry i named
+    ``li`` with the top-level pools under the sub-account ``benchi``, and `listener_config` merged in."""
+    conf = deep_merge({"agent_listen_ip": HOST, "agent_listen_port": free_port(),
                        "pools": [[HOST, pool_port, "bench"]]}, extra_config)
+    ports = [conf["agent_listen_port"]]
+    if listeners > 1:
+        ports = [free_port() for _ in range(listeners)]
+        conf["listeners"] = [deep_merge(
+            {"name": "l%d" % i, "agent_listen_port": port,
+             "pools": [entry[:2] + ["bench%d" % i] + entry[3:] for entry in conf["pools"]]}, listener_config)
+            for i, port in enumerate(ports, 1)]
     conf_path = os.path.join(workdir, "agent.json")
     with open(conf_path, "w") as f:
         json.dump(conf, f)
@@ -412,19 +430,20 @@ def start_agent(pool_port: int, workdir: str, log_path: str, command: Optional[s
         os.makedirs(log_dir, exist_ok=True)
         argv += ["-l", log_dir]
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    return proc, conf["agent_listen_port"], log
+    return proc, ports, log
 
 
-def wait_listening(port: int, proc: subprocess.Popen, timeout: float) -> bool:
-    """Poll until the agent accepts a TCP connection."""
+def wait_listening(ports: List[int], proc: subprocess.Popen, timeout: float) -> bool:
+    """Poll until the agent accepts a TCP connection on every port."""
     deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
+    waiting = list(ports)
+    while waiting and time.time() < deadline and proc.poll() is None:
         try:
-            socket.create_connection((HOST, port), timeout=1).close()
-            return True
+            socket.create_connection((HOST, waiting[0]), timeout=1).close()
+            waiting.pop(0)
         except OSError:
             gevent.sleep(0.1)
-    return False
+    return not waiting
 
 
 def upstream_count(pool_port: int) -> int:
@@ -439,15 +458,17 @@ class Run:
 
     `name` is stored as the result's ``agent``; `command` replaces `python -m gagent` (``-c CONF``
     appended, and ``-l LOGDIR`` too when `log_dir_flag`); `config` is merged into the agent's config;
-    `kind` is the pool simulator's protocol, "btcagent" or "stratum" (default: ``--pool-kind``).
+    `kind` is the pool simulator's protocol, "btcagent" or "stratum" (default: ``--pool-kind``);
+    `listeners` the agent's listen ports (default: ``--listeners``).
     """
 
     def __init__(self, args: argparse.Namespace, name: str = "gagent", command: Optional[str] = None,
                  config: Optional[Dict[str, Any]] = None, log_dir_flag: bool = False,
-                 tag: str = "", kind: Optional[str] = None) -> None:
+                 tag: str = "", kind: Optional[str] = None, listeners: Optional[int] = None) -> None:
         self.args = args
         self.name = name
         self.kind = kind or args.pool_kind
+        self.listeners = listeners or args.listeners
         self.command = command
         self.config = config
         self.log_dir_flag = log_dir_flag
@@ -468,7 +489,9 @@ class Run:
             "agent_revision": agent_revision() if self.command is None else "external",
             "agent_command": self.command,
             "agent_config": json.dumps(self.config) if self.config else None,
-            "connect_batch": args.connect_batch, "file_limit": raise_file_limit(), "pool_kind": self.kind})
+            "listener_config": args.listener_config if self.listeners > 1 else None,
+            "connect_batch": args.connect_batch, "file_limit": raise_file_limit(), "pool_kind": self.kind,
+            "listeners": self.listeners})
         config = self.config
         if self.kind == "stratum":
             self.recorder: Any = StratumPoolRecorder(args.pool_share_fraction, args.miner_difficulty,
@@ -494,10 +517,11 @@ class Run:
             listen = "%s:%d" % (HOST, self.http_port) if self.http_port else ""
             config = deep_merge({"http_listen": listen}, config)
         try:
-            agent, agent_port, agent_log = start_agent(
+            agent, agent_ports, agent_log = start_agent(
                 self.pool_port, self.workdir, os.path.join(OUT_DIR, "agent-%s.log" % self.stamp),
-                self.command, config, log_dir)
-            if not wait_listening(agent_port, agent, 30):
+                self.command, config, log_dir, self.listeners,
+                json.loads(args.listener_config) if args.listener_config else None)
+            if not wait_listening(agent_ports, agent, 30):
                 raise RuntimeError("agent did not start listening (see %s)" % agent_log.name)
             self._wait_upstreams(agent)
             meter = ProcessMeter(agent.pid)
@@ -505,7 +529,7 @@ class Run:
             r["rss_idle_mb"] = round(meter.rss() / 1e6, 2)
             idle = meter.rss()
             meter.reset_peak()
-            loadgen = LoadGenProcess(agent_port, args.miners, args.share_interval,
+            loadgen = LoadGenProcess(agent_ports, args.miners, args.share_interval,
                                      args.seconds + 600 + args.miners / 50,
                                      os.path.join(OUT_DIR, "loadgen-%s.log" % self.stamp),
                                      args.connect_batch, self.kind, args.pool_extranonce1_size)
@@ -871,6 +895,22 @@ KIND_FIGURES: List[Tuple[str, Tuple[str, ...]]] = [
     ("fanout_p99_ms", ("fanout_latency_ms", "p99")),
 ]
 
+# (ratio key, path) of the figures compared between one listener and several (--compare-listeners): N / 1
+LISTENER_FIGURES: List[Tuple[str, Tuple[str, ...]]] = [
+    ("rss_idle_mb", ("rss_idle_mb",)),
+    ("rss_peak_mb", ("rss_peak_mb",)),
+    ("bytes_per_miner", ("bytes_per_miner",)),
+    ("cpu_core_share", ("cpu_core_share",)),
+    ("cpu_seconds_per_1000_submits", ("cpu_seconds_per_1000_submits",)),
+    ("connect_seconds", ("connect_seconds",)),
+    ("upstream_sockets", ("upstream_sockets",)),
+    ("upstream_wire_kbps", ("upstream_wire_kbps",)),
+    ("upstream_segments_per_s", ("upstream_segments_per_s",)),
+    ("share_answer_p99_ms", ("share_answer_latency_ms", "p99")),
+    ("share_p99_ms", ("share_latency_ms", "p99")),
+    ("fanout_p99_ms", ("fanout_latency_ms", "p99")),
+]
+
 # extra rows of the table when there was a storm
 STORM_FIGURES: List[Tuple[str, Tuple[str, ...]]] = [
     ("storm miners_disconnected", ("storm", "miners_disconnected")),
@@ -997,6 +1037,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare-kinds", action="store_true",
                    help="run gagent against a BTCAgent pool and a stratum pool, alternating (--repeat "
                         "times each); figures are medians, ratios stratum / btcagent")
+    p.add_argument("--listeners", type=int, default=1,
+                   help="gagent's listen ports in one process (a `listeners` entry each, sub-accounts "
+                        "bench1..benchN on the same pool); the miners spread evenly over them")
+    p.add_argument("--compare-listeners", type=int, default=None, metavar="N",
+                   help="run gagent with one listener and with N, alternating (--repeat times each); "
+                        "figures are medians, ratios N / 1")
+    p.add_argument("--listener-config", help="JSON object merged into each `listeners` entry (with more than "
+                                              "one listener), e.g. to give each fewer pool connections")
     p.add_argument("--pool-share-fraction", type=float, default=0.125,
                    help="stratum pool: its difficulty is set so that this fraction of the miners' shares "
                         "meets it and goes upstream; the agent answers the rest itself")
@@ -1029,8 +1077,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     if args.repeat < 1:
         raise SystemExit("--repeat must be at least 1")
-    if args.compare_kinds and args.compare:
-        raise SystemExit("--compare-kinds and --compare do not go together")
+    if sum(map(bool, (args.compare_kinds, args.compare, args.compare_listeners))) > 1:
+        raise SystemExit("--compare, --compare-kinds and --compare-listeners do not go together")
+    if args.listeners < 1 or (args.compare_listeners is not None and args.compare_listeners < 2):
+        raise SystemExit("--listeners must be at least 1, --compare-listeners at least 2")
+    if args.listeners > 1 and args.compare:
+        raise SystemExit("--listeners is gagent's: the other agents listen on one port")
     if not 0 < args.pool_share_fraction <= 1:
         raise SystemExit("--pool-share-fraction must be in (0, 1]")
     if args.compare and not float(args.difficulty).is_integer():
@@ -1039,32 +1091,50 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return args
 
 
+class Side(NamedTuple):
+    """One column of a comparison: what `Run` gets."""
+    column: str
+    name: str
+    command: Optional[str]
+    config: Optional[Dict[str, Any]]
+    log_dir_flag: bool
+    kind: str
+    listeners: int
+
+
+def listener_columns(n: int) -> Tuple[str, str]:
+    """The two columns of --compare-listeners N."""
+    return "1 listener", "%d listeners" % n
+
+
 def run_all(args: argparse.Namespace, base_config: Optional[Dict[str, Any]] = None,
             quiet: bool = False) -> Tuple[Dict[str, List[Dict[str, Any]]], bool]:
-    """Run gagent (and the --compare agent, or gagent against both pool kinds with --compare-kinds)
-    `--repeat` times, alternating; appends each result to bench/out/results.jsonl. Returns ({column:
-    [result, ...]}, every run succeeded); the columns are "gagent" (and "other"), or "btcagent" and
-    "stratum"."""
+    """Run gagent (and the --compare agent, or gagent against both pool kinds with --compare-kinds, or
+    with one listener and N with --compare-listeners N) `--repeat` times, alternating; appends each
+    result to bench/out/results.jsonl. Returns ({column: [result, ...]}, every run succeeded); the
+    columns are "gagent" (and "other"), "btcagent" and "stratum", or `listener_columns(N)`."""
     if base_config is None:
         base_config = json.loads(args.agent_config) if args.agent_config else None
-    # (column, agent name, command, config, log dir flag, pool kind)
-    sides: List[Tuple[str, str, Optional[str], Optional[Dict[str, Any]], bool, str]] = [
-        ("gagent", "gagent", args.agent_command, base_config, False, args.pool_kind)]
+    gagent = Side("gagent", "gagent", args.agent_command, base_config, False, args.pool_kind, args.listeners)
+    sides = [gagent]
     if args.compare:
         other = deep_merge(base_config, json.loads(args.compare_config) if args.compare_config else None)
-        sides.append(("other", "other", args.compare, other or None, True, args.pool_kind))
+        sides.append(Side("other", "other", args.compare, other or None, True, args.pool_kind, 1))
     if args.compare_kinds:
-        sides = [(kind, "gagent", args.agent_command, base_config, False, kind) for kind in ("btcagent", "stratum")]
-    runs: Dict[str, List[Dict[str, Any]]] = {column: [] for column, *_ in sides}
+        sides = [gagent._replace(column=kind, kind=kind) for kind in ("btcagent", "stratum")]
+    if args.compare_listeners:
+        sides = [gagent._replace(column=column, listeners=n) for column, n in
+                 zip(listener_columns(args.compare_listeners), (1, args.compare_listeners))]
+    runs: Dict[str, List[Dict[str, Any]]] = {side.column: [] for side in sides}
     several = args.repeat > 1 or len(sides) > 1
     ok = True
     for i in range(args.repeat):
-        for column, name, command, config, log_dir_flag, kind in sides:
-            tag = "-%s-%d" % (column, i + 1) if several else ""
+        for column, name, command, config, log_dir_flag, kind, listeners in sides:
+            tag = "-%s-%d" % (column.replace(" ", "-"), i + 1) if several else ""
             if not quiet:
                 print("run %d/%d: %s ..." % (i + 1, args.repeat, column), file=sys.stderr, flush=True)
             try:
-                result = Run(args, name, command, config, log_dir_flag, tag, kind).execute()
+                result = Run(args, name, command, config, log_dir_flag, tag, kind, listeners).execute()
             except Exception as exc:   # one failed run must not lose the others' figures
                 ok = False
                 result = {"agent": name, "agent_command": command, "pool_kind": kind, "error": "%s: %s" % (
@@ -1090,6 +1160,16 @@ def main(argv: Optional[List[str]] = None) -> int:
                "stratum": medians["stratum"], "ratio": ratio, "runs": runs}
         print(table([(kind, medians[kind], runs[kind]) for kind in ("btcagent", "stratum")], ratio,
                     KIND_FIGURES), file=sys.stderr)
+        print(json.dumps(doc, sort_keys=False))
+        return 0 if ok else 1
+    if args.compare_listeners:
+        one, several = listener_columns(args.compare_listeners)
+        medians = {column: median_result(runs[column]) for column in (one, several)}
+        ratio = ratios(medians[several], medians[one], LISTENER_FIGURES)
+        doc = {"compare_listeners": args.compare_listeners, "repeat": args.repeat, "one": medians[one],
+               "several": medians[several], "ratio": ratio, "runs": runs}
+        print(table([(column, medians[column], runs[column]) for column in (one, several)], ratio,
+                    LISTENER_FIGURES), file=sys.stderr)
         print(json.dumps(doc, sort_keys=False))
         return 0 if ok else 1
     ours = median_result(runs["gagent"])
