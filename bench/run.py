@@ -198,6 +198,7 @@ class PoolRecorder:
         self.shares = 0
         self.statuses: Dict[str, int] = {}
         self.recording = False
+        self.by_account: Counter = Counter()   # shares read while recording, by sub-account
         extra = {"recv_buffer_size": recv_buffer_size} if recv_buffer_size else {}
         self.pool = PoolSimulator(host=HOST, port=0, default_difficulty=difficulty, job_interval=None,
                                   on_share=self._on_share, on_notify=self._on_notify, **extra)
@@ -205,6 +206,8 @@ class PoolRecorder:
     def _on_share(self, conn: Any, share: Any, status: Any, t_received: float) -> None:
         self.shares += 1
         self.statuses[str(status)] = self.statuses.get(str(status), 0) + 1
+        if self.recording:
+            self.by_account[conn.sub_account] += 1
         key = share_key(share)
         if key is not None:
             self.share_times[key] = t_received
@@ -258,6 +261,7 @@ class StratumPoolRecorder:
         self.notify_keys: Set[Tuple[str, str]] = set()   # every (pool extranonce1, coinb2) sent
         self.shares = 0
         self.recording = False
+        self.by_account: Counter = Counter()   # shares read while recording, by the user they went under
         self.pool = StratumPoolSimulator(
             host=HOST, port=0, default_difficulty=self.difficulty, extranonce1_size=extranonce1_size,
             extranonce2_size=extranonce2_size, recv_buffer_size=recv_buffer_size,
@@ -270,6 +274,8 @@ class StratumPoolRecorder:
 
     def _on_share(self, conn: Any, params: list, verdict: Any, t_read: float) -> None:
         self.shares += 1
+        if self.recording:
+            self.by_account[conn.user] += 1
         if len(params) >= 5 and all(isinstance(p, str) for p in params[:5]):
             self.share_times[(conn.extranonce1, params[2].lower(), params[4].lower())] = t_read
 
@@ -616,6 +622,7 @@ class Run:
         self.result.update({
             "load_elapsed": round(elapsed, 3), "shares_submitted": submitted, "shares_at_pool": shares,
             "share_statuses": dict(rec.statuses),
+            "shares_at_pool_by_account": dict(sorted(rec.by_account.items(), key=lambda kv: str(kv[0]))),
             "answers_true": st.get("answers_true", 0) - before_status.get("answers_true", 0),
             "answers_error": st.get("answers_error", 0) - before_status.get("answers_error", 0),
             "answers_error_codes": counter_delta(st.get("answers_error_codes"),
