@@ -612,6 +612,7 @@ class Run:
         elapsed = time.time() - t0
         self.load_window = (t0, time.time())
         cpu = meter.cpu_seconds() - cpu0
+        quarters = [[rss for t, rss in meter.samples if t <= t0 + elapsed * q / 4] for q in (1, 2, 3, 4)]
         segs1, nsock = segs_out(self.pool_port)
         rec.recording = False
         payload = rec.pool.bytes_received - bytes0
@@ -628,6 +629,7 @@ class Run:
             "answers_error_codes": counter_delta(st.get("answers_error_codes"),
                                                  before_status.get("answers_error_codes")),
             "disconnects_during_load": st.get("disconnects", 0) - before_status.get("disconnects", 0),
+            "rss_load_mb": [round(q[-1] / 1e6, 2) if q else None for q in quarters],
             "agent_cpu_seconds": round(cpu, 3), "cpu_core_share": round(cpu / elapsed, 4),
             "cpu_seconds_per_1000_shares": round(cpu / shares * 1000, 4) if shares else None,
             "cpu_seconds_per_1000_submits": round(cpu / submitted * 1000, 4) if submitted else None,
