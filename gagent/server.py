@@ -124,7 +124,9 @@ class Agent:
 
     @property
     def address(self) -> Tuple[str, int]:
-        """(ip, port) the miner listener is bound to."""
+        """(ip, port) the miner listener is bound to; the configured ones before it listens."""
+        if self._server is None:
+            return self.config.agent_listen_ip, self.config.agent_listen_port
         return self._server.address[:2]
 
     @property

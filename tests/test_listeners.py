@@ -101,6 +101,21 @@ def test_three_listeners_keep_their_miners_and_shares_apart(farm_factory):
         other.stop()
 
 
+def test_status_shows_the_port_a_listener_is_bound_to(farm_factory):
+    pool = PoolSimulator(default_difficulty=TINY_DIFFICULTY).start()
+    try:
+        farm, status = farm_factory({"http_listen": "", "listeners": [
+            listener("fixed", [["127.0.0.1", pool.address[1], "demo"]]),
+            listener("any-port", [["127.0.0.1", pool.address[1], "demo"]], agent_listen_port=0)]})
+        fixed, any_port = farm.agents
+        document = json.loads(http_request(status.address, "/status.json")[2])
+        addresses = [entry["address"] for entry in document["listeners"]]
+        assert addresses == ["127.0.0.1:%d" % fixed.config.agent_listen_port, "127.0.0.1:%d" % any_port.address[1]]
+        assert any_port.address[1] != 0
+    finally:
+        pool.stop()
+
+
 def test_a_multi_user_listener_with_no_miner_yet_is_healthy_when_its_pools_answer(farm_factory, monkeypatch):
     """/healthz must let the first miner in: before it, there is no sub-account to connect, so the
     listener is healthy when its pools are reachable."""

@@ -259,7 +259,7 @@ def status_json_chunks(farm: "Farm") -> List[bytes]:
         counters = agent.counters
         problem = health_problem(agent)
         listeners.append({
-            "name": agent.name, "address": "%s:%d" % (agent.config.agent_listen_ip, agent.config.agent_listen_port),
+            "name": agent.name, "address": "%s:%d" % agent.address,
             "listening": bool(agent.listening), "healthy": problem is None, "problem": problem,
             "multi_user_mode": agent.config.multi_user_mode,
             "pools": [pool.label for pool in agent.config.pools],
