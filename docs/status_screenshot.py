@@ -2,9 +2,11 @@
 
     python docs/status_screenshot.py [--seconds 60] [--out docs/status-page.png]
 
-Everything runs on loopback in this process: the pool simulator, the agent with its status listener,
-26 hashing miners with a few firmware names, 2 that send guessed shares (rejected as low difficulty)
-and 2 that send nothing and are shown as connected 20 minutes ago, so they appear stale. Needs
+Everything runs on loopback in this process: the pool simulator, the agent with two listeners
+("farm-east" and "customer-b", each its own sub-account) and its status listener; on farm-east 26
+hashing miners with a few firmware names, 2 that send guessed shares (rejected as low difficulty) and 2
+that send nothing and are shown as connected 20 minutes ago, so they appear stale; on customer-b 8
+hashing miners. Needs
 chromium and chromedriver (apt-get install chromium chromium-driver) and selenium.
 """
 import argparse
@@ -19,7 +21,6 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
 from gagent.config import config_from_dict
-from gagent.server import Agent
 from gagent.sim.miner import SimMiner
 from gagent.sim.pool import PoolSimulator
 from gagent.farm import Farm
@@ -42,17 +43,24 @@ def main() -> int:
     args = parser.parse_args()
 
     pool = PoolSimulator(default_difficulty=1.0 / 65536).start()
-    agent = Agent(config_from_dict({
-        "agent_listen_ip": "127.0.0.1", "agent_listen_port": 0, "http_listen": "",
-        "pools": [["127.0.0.1", pool.address[1], "farm-east"]], "submit_response_from_server": True,
-        "advanced": {"pool_connection_number_per_subaccount": 3}}))
-    agent.start()
-    if not agent.wait_ready(15):
+    farm = Farm(config_from_dict({
+        "agent_listen_ip": "127.0.0.1", "http_listen": "", "submit_response_from_server": True,
+        "pools": [["127.0.0.1", pool.address[1], "farm-east"]],
+        "advanced": {"pool_connection_number_per_subaccount": 3},
+        "listeners": [{"name": "farm-east", "agent_listen_port": 0},
+                      {"name": "customer-b", "agent_listen_port": 0,
+                       "pools": [["127.0.0.1", pool.address[1], "customer-b"]],
+                       "advanced": {"pool_connection_number_per_subaccount": 1}}]}))
+    farm.start()
+    if not farm.wait_ready(15):
         print("the agent got no pool connection", file=sys.stderr)
         return 1
-    status = StatusServer(Farm(agent.config, [agent]), ("127.0.0.1", 0))
+    agent, customer = farm.agents
+    status = StatusServer(farm, ("127.0.0.1", 0))
     status.start()
-    miners: List[SimMiner] = []
+    miners: List[SimMiner] = [
+        SimMiner(*customer.address, username="customer-b.s%02d" % (n + 1), user_agent=FIRMWARE[n % 2]).start()
+        for n in range(8)]
     for n in range(26):
         miners.append(SimMiner(*agent.address, username="farm-east.rack%d-%02d" % (n // 10 + 1, n % 10 + 1),
                                user_agent=FIRMWARE[n % len(FIRMWARE)]).start())
@@ -87,7 +95,7 @@ def main() -> int:
         shot = in_thread(browser.execute_cdp_cmd, "Page.captureScreenshot", {"format": "png"})
         with open(args.out, "wb") as handle:
             handle.write(base64.b64decode(shot["data"]))
-        print("wrote %s (%d miners)" % (args.out, len(agent.miners)))
+        print("wrote %s (%d miners)" % (args.out, len(miners)))
         return 0
     finally:
         if browser is not None:
@@ -95,7 +103,7 @@ def main() -> int:
         for miner in miners:
             miner.stop()
         status.stop()
-        agent.stop()
+        farm.stop()
         pool.stop()
         shutil.rmtree(profile, ignore_errors=True)
 
