@@ -60,6 +60,7 @@ def fake_agent(miners=(), connections=None, per_worker=False, listening=True, he
         connections = [fake_connection(0, miners=len(miners)), fake_connection(1, state="backoff")]
     pool_set = SimpleNamespace(sub_account="demo", connections=connections, held_count=held)
     return SimpleNamespace(config=config, name=config.name, counters=Counters(), started_at=time.time() - 120,
+                           address=(config.agent_listen_ip, config.agent_listen_port),
                            listening=listening, miners={m.session_id: m for m in miners},
                            pool_sets={"demo": pool_set}, pools_reachable=None)
 

@@ -77,7 +77,8 @@ def test_miners_share_one_subscription_and_every_share_the_pool_gets_is_valid(
         stratum_pool_factory, running, extranonce2_size, told):
     pool = stratum_pool_factory(extranonce2_size=extranonce2_size)
     agent = running([stratum_entry(pool)], advanced={"pool_connection_number_per_subaccount": 2})
-    miners = mine(agent, ["rig1", "rig2", "rig3"])
+    # about one share in four meets the pool's difficulty: mine until one has (12 shares miss it 3 % of runs)
+    miners = mine(agent, ["rig1", "rig2", "rig3"], until=lambda: pool.statuses.get("accepted", 0) > 0)
     assert pool.connections_total == 2  # one subscription per upstream connection, not per miner
     for miner in miners:
         assert (len(miner.extranonce1) // 2, miner.extranonce2_size) == told
