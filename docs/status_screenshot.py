@@ -6,8 +6,7 @@ Everything runs on loopback in this process: the pool simulator, the agent with 
 ("farm-east" and "customer-b", each its own sub-account) and its status listener; on farm-east 26
 hashing miners with a few firmware names, 2 that send guessed shares (rejected as low difficulty) and 2
 that send nothing and are shown as connected 20 minutes ago, so they appear stale; on customer-b 8
-hashing miners. Needs
-chromium and chromedriver (apt-get install chromium chromium-driver) and selenium.
+hashing miners. Needs chromium and chromedriver (apt-get install chromium chromium-driver) and selenium.
 """
 import argparse
 import base64
