@@ -1158,38 +1158,33 @@ def run_all(args: argparse.Namespace, base_config: Optional[Dict[str, Any]] = No
     return runs, ok
 
 
+def comparison(head: Dict[str, Any], runs: Dict[str, List[Dict[str, Any]]], columns: Tuple[str, str],
+               numerator: str, figures: Optional[List[Tuple[str, Tuple[str, ...]]]] = None) -> Dict[str, Any]:
+    """Two columns of runs: prints their table (medians, each run, and the ratio `numerator` / the other
+    column) on stderr; returns `head` with each column's median result, the ratios and the runs."""
+    medians = {column: median_result(runs[column]) for column in columns}
+    denominator = columns[1] if numerator == columns[0] else columns[0]
+    ratio = ratios(medians[numerator], medians[denominator], figures)
+    print(table([(column, medians[column], runs[column]) for column in columns], ratio, figures),
+          file=sys.stderr)
+    return dict(head, **medians, ratio=ratio, runs=runs)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     os.makedirs(OUT_DIR, exist_ok=True)
     runs, ok = run_all(args)
     if args.compare_kinds:
-        medians = {kind: median_result(runs[kind]) for kind in ("btcagent", "stratum")}
-        ratio = ratios(medians["stratum"], medians["btcagent"], KIND_FIGURES)
-        doc = {"compare_kinds": True, "repeat": args.repeat, "btcagent": medians["btcagent"],
-               "stratum": medians["stratum"], "ratio": ratio, "runs": runs}
-        print(table([(kind, medians[kind], runs[kind]) for kind in ("btcagent", "stratum")], ratio,
-                    KIND_FIGURES), file=sys.stderr)
-        print(json.dumps(doc, sort_keys=False))
-        return 0 if ok else 1
-    if args.compare_listeners:
-        one, several = listener_columns(args.compare_listeners)
-        medians = {column: median_result(runs[column]) for column in (one, several)}
-        ratio = ratios(medians[several], medians[one], LISTENER_FIGURES)
-        doc = {"compare_listeners": args.compare_listeners, "repeat": args.repeat, "one": medians[one],
-               "several": medians[several], "ratio": ratio, "runs": runs}
-        print(table([(column, medians[column], runs[column]) for column in (one, several)], ratio,
-                    LISTENER_FIGURES), file=sys.stderr)
-        print(json.dumps(doc, sort_keys=False))
-        return 0 if ok else 1
-    ours = median_result(runs["gagent"])
-    if args.compare:
-        other = median_result(runs["other"])
-        ratio = ratios(ours, other)
-        doc: Dict[str, Any] = {"compare": args.compare, "repeat": args.repeat, "gagent": ours,
-                               "other": other, "ratio": ratio, "runs": runs}
-        print(table([("gagent", ours, runs["gagent"]), ("other", other, runs["other"])], ratio),
-              file=sys.stderr)
+        doc = comparison({"compare_kinds": True, "repeat": args.repeat}, runs, ("btcagent", "stratum"),
+                         "stratum", KIND_FIGURES)
+    elif args.compare_listeners:
+        columns = listener_columns(args.compare_listeners)
+        doc = comparison({"compare_listeners": args.compare_listeners, "repeat": args.repeat}, runs, columns,
+                         columns[1], LISTENER_FIGURES)
+    elif args.compare:
+        doc = comparison({"compare": args.compare, "repeat": args.repeat}, runs, ("gagent", "other"), "gagent")
     else:
+        ours = median_result(runs["gagent"])
         doc = ours if args.repeat == 1 else dict(ours, repeat=args.repeat, runs=runs["gagent"])
         figures = KIND_FIGURES if args.pool_kind == "stratum" else None
         print(table([("gagent", ours, runs["gagent"])], figures=figures), file=sys.stderr)
