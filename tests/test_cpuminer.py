@@ -26,6 +26,12 @@ pytestmark = [pytest.mark.timeout(90),
                                         "GAGENT_MINERD)" % MINERD)]
 
 
+def last_answer_count(log: str) -> int:
+    """The accepted count of cpuminer's last "accepted: A/S" line (0 before the first)."""
+    answers = re.findall(r"accepted: (\d+)/(\d+)", log)
+    return int(answers[-1][0]) if answers else 0
+
+
 @pytest.mark.parametrize("extranonce2_size", [8, 4])
 def test_cpuminer_mines_through_gagent_to_a_plain_stratum_pool(tmp_path, extranonce2_size):
     pool = StratumPoolSimulator(default_difficulty=POOL_DIFFICULTY, extranonce2_size=extranonce2_size,
@@ -44,6 +50,10 @@ def test_cpuminer_mines_through_gagent_to_a_plain_stratum_pool(tmp_path, extrano
         assert wait_until(lambda: pool.statuses["accepted"] >= 3, timeout=60), output.read_text()[-2000:]
         session = next(iter(agent.miners.values()))
         assert session.worker_name == "cpu1" and session.extranonce2_size == min(4, extranonce2_size - 1)
+        # the agent stops first, so no answer is left on the way when cpuminer stops: it reads and logs
+        # every answer the agent sent before the close
+        agent.stop()
+        wait_until(lambda: last_answer_count(output.read_text()) == session.accepted, timeout=10)
     finally:
         process.terminate()
         process.wait(wait(10))
